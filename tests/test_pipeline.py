@@ -1,0 +1,229 @@
+"""TEASRPipeline: any-step sampling, sizes, determinism, tiling, modes, loaders, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from pipeline_teasr import TEASRPipeline
+
+from .conftest import random_photo
+
+
+def _run(pipe, image, seed=0, **kwargs):
+    return pipe(image, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_any_step_outputs_are_finite_and_sized(tiny_pipeline, steps):
+    image = random_photo(13, 17)
+    out = _run(tiny_pipeline, image, num_inference_steps=steps, output_type="np")
+    assert out.images.shape == (1, 52, 68, 3)
+    assert np.isfinite(out.images).all()
+    assert out.nfe == steps
+
+
+@pytest.mark.parametrize(
+    "size, scale, expected",
+    [((7, 9), 4.0, (28, 36)), ((10, 15), 2.5, (25, 38)), ((1, 1), 4.0, (4, 4)), ((16, 16), 1.0, (16, 16))],
+)
+def test_odd_sizes_and_float_scales(tiny_pipeline, size, scale, expected):
+    out = _run(tiny_pipeline, random_photo(*size), upscale=scale)
+    assert out.images[0].size == (expected[1], expected[0])
+
+
+def test_same_seed_same_output_and_seed_matters(tiny_pipeline):
+    image = random_photo(12, 12)
+    a = _run(tiny_pipeline, image, seed=3, output_type="np").images
+    b = _run(tiny_pipeline, image, seed=3, output_type="np").images
+    c = _run(tiny_pipeline, image, seed=4, output_type="np").images
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_step_count_changes_output(tiny_pipeline):
+    image = random_photo(12, 12)
+    one = _run(tiny_pipeline, image, num_inference_steps=1, output_type="np").images
+    four = _run(tiny_pipeline, image, num_inference_steps=4, output_type="np").images
+    assert np.abs(one - four).max() > 1e-3
+
+
+def test_start_timestep_anchors_on_lq(tiny_pipeline):
+    image = random_photo(12, 12)
+    near_lq = _run(tiny_pipeline, image, start_timestep=0.01, output_type="pt").images
+    bicubic = torch.nn.functional.interpolate(
+        torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None],
+        scale_factor=4,
+        mode="bicubic",
+    ).clamp(0, 1)
+    from_noise = _run(tiny_pipeline, image, start_timestep=1.0, output_type="pt").images
+    assert (near_lq - bicubic).abs().mean() < 0.1
+    assert (near_lq - bicubic).abs().mean() < 0.5 * (from_noise - bicubic).abs().mean()
+
+
+def test_tiled_equals_untiled_when_one_tile_covers(tiny_pipeline):
+    image = random_photo(10, 14)
+    whole = _run(tiny_pipeline, image, num_inference_steps=2, tile_size=0, output_type="np").images
+    tiled = _run(tiny_pipeline, image, num_inference_steps=2, tile_size=64, output_type="np").images
+    np.testing.assert_allclose(whole, tiled, atol=1e-6)
+
+
+def test_tiles_leave_no_seams_on_a_smooth_gradient(tiny_pipeline):
+    ramp = np.linspace(0, 1, 48, dtype=np.float32)
+    gradient = np.stack([np.tile(ramp, (32, 1))] * 3, axis=-1)
+    out = _run(
+        tiny_pipeline, gradient, upscale=2.0, tile_size=32, tile_overlap=16, start_timestep=0.05, output_type="np"
+    ).images[0]
+    # Column-to-column change stays smooth: no jump at tile borders far above the typical step.
+    column_means = out.mean(axis=(0, 2))
+    jumps = np.abs(np.diff(column_means))
+    assert jumps.max() < 4 * np.median(jumps) + 0.01
+
+
+def test_tile_count_sets_nfe(tiny_pipeline):
+    out = _run(
+        tiny_pipeline, random_photo(16, 16), num_inference_steps=2, tile_size=32, tile_overlap=8, tile_batch_size=1
+    )
+    assert out.images[0].size == (64, 64)
+    assert out.nfe == 2 * 9  # 3 x 3 tiles of 32 px with 8 px overlap over 64 px, two steps
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "I;16", "LA"])
+def test_modes_are_kept(tiny_pipeline, mode):
+    image = random_photo(9, 11, mode=mode)
+    out = _run(tiny_pipeline, image).images[0]
+    assert out.mode == mode
+    assert out.size == (44, 36)
+
+
+def test_alpha_is_upscaled_separately(tiny_pipeline):
+    image = random_photo(10, 10, mode="RGBA")
+    out = _run(tiny_pipeline, image).images[0]
+    alpha_in = np.asarray(image)[..., 3].astype(float)
+    alpha_out = np.asarray(out)[..., 3].astype(float)
+    assert abs(alpha_out.mean() - alpha_in.mean()) < 3
+    assert alpha_out[:, :8].mean() < alpha_out[:, -8:].mean()
+
+
+def test_array_and_tensor_inputs_match_pil(tiny_pipeline):
+    image = random_photo(8, 8)
+    from_pil = _run(tiny_pipeline, image, output_type="np").images
+    from_np = _run(tiny_pipeline, np.asarray(image), output_type="np").images
+    tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+    from_pt = _run(tiny_pipeline, tensor, output_type="np").images
+    np.testing.assert_allclose(from_pil, from_np, atol=1e-6)
+    np.testing.assert_allclose(from_pil, from_pt, atol=1e-6)
+
+
+def test_list_of_images_of_different_sizes(tiny_pipeline):
+    out = _run(tiny_pipeline, [random_photo(8, 8), random_photo(6, 10)])
+    assert [im.size for im in out.images] == [(32, 32), (40, 24)]
+
+
+def test_callback_sees_each_step(tiny_pipeline):
+    seen = []
+
+    def callback(pipe, step, t, kwargs):
+        seen.append((step, round(t, 3), tuple(kwargs["latents"].shape)))
+        return {}
+
+    _run(tiny_pipeline, random_photo(8, 8), num_inference_steps=4, callback_on_step_end=callback)
+    assert [s[:2] for s in seen] == [(0, 1.0), (1, 0.75), (2, 0.5), (3, 0.25)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(upscale=0), "upscale"),
+        (dict(upscale=-2.0), "upscale"),
+        (dict(start_timestep=0.0), "start_timestep"),
+        (dict(start_timestep=1.5), "start_timestep"),
+        (dict(upscale=64.0, max_output_pixels=10_000), "max_output_pixels"),
+        (dict(latents=torch.randn(1, 3, 5, 5)), "latents"),
+        (dict(output_type="jpeg"), "output_type"),
+        (dict(color_fix="magic"), "color_fix"),
+        (dict(tile_size=1), "tile_size"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(tiny_pipeline, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_pipeline(random_photo(8, 8), **kwargs)
+
+
+def test_zero_size_and_wrong_types_rejected(tiny_pipeline):
+    with pytest.raises(ValueError, match="zero size"):
+        tiny_pipeline(np.zeros((0, 5, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="image"):
+        tiny_pipeline("not an image")
+    with pytest.raises(ValueError, match="NaN"):
+        tiny_pipeline(np.full((4, 4, 3), np.nan, dtype=np.float32))
+
+
+def test_save_and_load_with_teasr_pipeline(tiny_pipeline, tiny_pipeline_dir):
+    loaded = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
+    loaded.set_progress_bar_config(disable=True)
+    image = random_photo(9, 9)
+    expected = _run(tiny_pipeline, image, num_inference_steps=2, output_type="np").images
+    np.testing.assert_allclose(
+        _run(loaded, image, num_inference_steps=2, output_type="np").images, expected, atol=1e-5
+    )
+    assert not any(
+        name.endswith((".bin", ".pt", ".pth")) for _, _, files in os.walk(tiny_pipeline_dir) for name in files
+    )
+
+
+def test_diffusion_pipeline_loads_with_remote_code_without_the_package(tiny_pipeline, tiny_pipeline_dir, tmp_path):
+    image = random_photo(9, 9)
+    expected = _run(tiny_pipeline, image, num_inference_steps=2, output_type="np").images
+    np.save(tmp_path / "input.npy", np.asarray(image))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["pipeline_teasr"] = None  # make the installed library unimportable
+        import numpy as np, torch
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({tiny_pipeline_dir!r}, trust_remote_code=True)
+        assert type(pipe).__module__.startswith("diffusers_modules"), type(pipe).__module__
+        pipe.set_progress_bar_config(disable=True)
+        image = np.load({str(tmp_path / "input.npy")!r})
+        out = pipe(image, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+        np.save({str(tmp_path / "out.npy")!r}, out.images)
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5)
+
+
+def test_missing_component_and_corrupt_weights_give_clear_errors(tiny_pipeline, tmp_path):
+    folder = tmp_path / "pipe"
+    tiny_pipeline.save_pretrained(folder)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"this is not a safetensors file")
+    with pytest.raises(ValueError, match="transformer"):
+        TEASRPipeline.from_pretrained(folder)
+    folder = tmp_path / "pipe2"
+    tiny_pipeline.save_pretrained(folder)
+    shutil.rmtree(folder / "scheduler")
+    with pytest.raises(ValueError, match="scheduler"):
+        TEASRPipeline.from_pretrained(folder)
+    with pytest.raises(ValueError, match="model_index"):
+        TEASRPipeline.from_pretrained(tmp_path)
+
+
+def test_offload_helpers_keep_working(tiny_pipeline_dir):
+    pipe = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to("cpu")
+    out = _run(pipe, PIL.Image.new("RGB", (8, 8), (120, 60, 30)))
+    assert out.images[0].size == (32, 32)

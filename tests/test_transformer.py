@@ -1,0 +1,161 @@
+"""TEASRTransformer2DModel: shapes, decoupled timestep, Qwen-Image-Edit equivalence, loading Qwen folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import QwenImageTransformer2DModel
+
+from pipeline_teasr import TEASRTransformer2DModel
+from pipeline_teasr.transformer_teasr import pack_latents, unpack_latents
+
+QWEN_TINY = dict(
+    patch_size=2,
+    in_channels=16,
+    out_channels=4,
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=24,
+    axes_dims_rope=(4, 6, 6),
+)
+
+
+def _inputs(batch=2, channels=4, height=8, width=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, channels, height, width, generator=generator)
+    c = torch.randn(batch, channels, height, width, generator=generator)
+    return z, c
+
+
+def test_pack_unpack_round_trip():
+    x = torch.randn(2, 3, 8, 12)
+    tokens = pack_latents(x, 2)
+    assert tokens.shape == (2, 24, 12)
+    assert torch.equal(unpack_latents(tokens, 8, 12, 2), x)
+
+
+def test_output_shape_pixel_space_and_odd_grid():
+    model = TEASRTransformer2DModel(**{**QWEN_TINY, "in_channels": 12, "out_channels": 3}).eval()
+    z, c = _inputs(channels=3, height=6, width=10)
+    with torch.no_grad():
+        out = model(z, c, timestep=0.5, target_timestep=0.0).sample
+    assert out.shape == z.shape
+    assert torch.isfinite(out).all()
+
+
+def test_qwen_image_edit_equivalence_at_s_zero(tmp_path):
+    torch.manual_seed(0)
+    qwen = QwenImageTransformer2DModel(**QWEN_TINY, zero_cond_t=True).eval()
+    qwen.save_pretrained(tmp_path)
+    teasr = TEASRTransformer2DModel.from_pretrained(tmp_path).eval()
+    assert not teasr.null_prompt_embeds.is_meta
+
+    z, c = _inputs()
+    text = torch.randn(2, 5, 24)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    t = torch.tensor([0.8, 0.35])
+    with torch.no_grad():
+        ours = teasr(z, c, t, 0.0, encoder_hidden_states=text, encoder_hidden_states_mask=mask).sample
+        tokens = torch.cat([pack_latents(z, 2), pack_latents(c, 2)], dim=1)
+        theirs = qwen(
+            tokens,
+            encoder_hidden_states=text,
+            encoder_hidden_states_mask=mask,
+            timestep=t,
+            img_shapes=[[(1, 4, 6), (1, 4, 6)]] * 2,
+        ).sample
+    torch.testing.assert_close(pack_latents(ours, 2), theirs[:, :24], rtol=0, atol=1e-6)
+
+
+def test_loading_qwen_folder_uses_every_tensor_and_documents_null_prompt(tmp_path):
+    torch.manual_seed(1)
+    qwen = QwenImageTransformer2DModel(**QWEN_TINY)
+    qwen.save_pretrained(tmp_path)
+    teasr, info = TEASRTransformer2DModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["unexpected_keys"] == []
+    assert info["missing_keys"] == ["null_prompt_embeds"]
+    reference = TEASRTransformer2DModel(**QWEN_TINY)
+    torch.testing.assert_close(teasr.null_prompt_embeds, reference.null_prompt_embeds)
+    for name, tensor in qwen.state_dict().items():
+        assert torch.equal(teasr.state_dict()[name], tensor), name
+
+
+def test_target_timestep_changes_output_and_none_means_t():
+    torch.manual_seed(0)
+    model = TEASRTransformer2DModel(**QWEN_TINY).eval()
+    z, c = _inputs()
+    with torch.no_grad():
+        flow = model(z, c, 0.7).sample
+        same = model(z, c, 0.7, 0.7).sample
+        jump = model(z, c, 0.7, 0.0).sample
+    torch.testing.assert_close(flow, same)
+    assert (flow - jump).abs().max() > 1e-4
+
+
+def test_coupled_ablation_ignores_target_timestep():
+    torch.manual_seed(0)
+    model = TEASRTransformer2DModel(**QWEN_TINY, decoupled_timestep=False).eval()
+    z, c = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(z, c, 0.7, 0.0).sample, model(z, c, 0.7, 0.7).sample)
+
+
+def test_block_hidden_states_for_the_critic():
+    model = TEASRTransformer2DModel(**QWEN_TINY).eval()
+    z, c = _inputs()
+    out = model(z, c, 0.5, output_hidden_states_at=(1, 0))
+    assert len(out.block_hidden_states) == 2
+    assert out.block_hidden_states[0].shape == (2, 24, 32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            dict(hidden_states=torch.randn(1, 4, 7, 8), lq_hidden_states=torch.randn(1, 4, 7, 8), timestep=0.5),
+            "multiples",
+        ),
+        (
+            dict(hidden_states=torch.randn(1, 4, 8, 8), lq_hidden_states=torch.randn(1, 4, 4, 8), timestep=0.5),
+            "lq_hidden",
+        ),
+        (
+            dict(hidden_states=torch.randn(1, 3, 8, 8), lq_hidden_states=torch.randn(1, 3, 8, 8), timestep=0.5),
+            "hidden_states",
+        ),
+        (
+            dict(hidden_states=torch.randn(1, 4, 8, 8), lq_hidden_states=torch.randn(1, 4, 8, 8), timestep=1.5),
+            "timestep",
+        ),
+        (
+            dict(
+                hidden_states=torch.randn(2, 4, 8, 8), lq_hidden_states=torch.randn(2, 4, 8, 8), timestep=torch.ones(3)
+            ),
+            "timestep",
+        ),
+    ],
+)
+def test_bad_shapes_raise_value_error(kwargs, match):
+    model = TEASRTransformer2DModel(**QWEN_TINY)
+    with pytest.raises(ValueError, match=match):
+        model(**kwargs)
+
+
+def test_config_must_pack_channels():
+    with pytest.raises(ValueError, match="in_channels"):
+        TEASRTransformer2DModel(**{**QWEN_TINY, "in_channels": 10})
+
+
+def test_gradient_checkpointing_matches():
+    torch.manual_seed(0)
+    model = TEASRTransformer2DModel(**QWEN_TINY)
+    z, c = _inputs()
+    loss = model(z, c, 0.5, 0.1).sample.square().mean()
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    model.enable_gradient_checkpointing()
+    model(z, c, 0.5, 0.1).sample.square().mean().backward()
+    for expected, p in zip(grads, [p for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
