@@ -22,6 +22,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderKLQwenImage, FlowMapEulerDiscreteScheduler
+from diffusers.loaders import QwenImageLoraLoaderMixin
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -55,7 +56,7 @@ def sampling_sigmas(num_inference_steps: int, start_timestep: float) -> list[flo
     return np.linspace(start_timestep, 0.0, num_inference_steps + 1)[:-1].tolist()
 
 
-class TEASRPipeline(DiffusionPipeline):
+class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
     r"""
     Any-step super-resolution: the low-quality image, resized to the output size, is encoded as `c`; sampling starts
     at `z_T = (1 - T) c + T eps` and takes `K` flow-map steps `z_s = z_t - (t - s) u(z_t, c, t, s)`, one transformer
