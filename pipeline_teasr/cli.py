@@ -109,6 +109,8 @@ def save_atomically(image, path: Path) -> None:
     suffix = path.suffix.lower() or ".png"
     if suffix in (".jpg", ".jpeg") and image.mode not in ("RGB", "L", "CMYK"):
         image = image.convert("RGB")
+    elif image.mode == "CMYK" and suffix not in (".tif", ".tiff"):
+        image = image.convert("RGB")
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
     os.close(handle)
     try:

@@ -1,0 +1,180 @@
+"""`teasr upscale`: outputs, modes, folders, and one-line errors with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from pipeline_teasr.cli import main
+
+from .conftest import random_photo
+
+
+@pytest.fixture()
+def run_cli(tiny_pipeline_dir, capsys):
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(["upscale", *args, "--model", tiny_pipeline_dir])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height (a decompression bomb) with a tiny truncated body."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)))
+
+
+def test_single_file_upscaled(run_cli, tmp_path):
+    source = tmp_path / "photo.png"
+    random_photo(10, 12).save(source)
+    code, out, err = run_cli(str(source), "-o", str(tmp_path / "out.png"), "--steps", "2", "--scale", "3")
+    assert code == 0, err
+    assert PIL.Image.open(tmp_path / "out.png").size == (36, 30)
+    assert "2 NFE" in out
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "I;16", "CMYK"])
+def test_modes_are_kept(run_cli, tmp_path, mode):
+    source = tmp_path / ("in.jpg" if mode == "CMYK" else "in.png")
+    random_photo(8, 8, mode=mode).save(source)
+    code, _, err = run_cli(str(source), "-o", str(tmp_path / "out.png"))
+    assert code == 0, err
+    out = PIL.Image.open(tmp_path / "out.png")
+    expected = "RGB" if mode == "CMYK" else mode  # PNG cannot store CMYK
+    assert out.mode == expected and out.size == (32, 32)
+
+
+def test_exif_orientation_applied(run_cli, tmp_path):
+    image = random_photo(8, 16)
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    code, _, err = run_cli(str(tmp_path / "rotated.jpg"), "-o", str(tmp_path / "out.png"))
+    assert code == 0, err
+    assert PIL.Image.open(tmp_path / "out.png").size == (32, 64)
+
+
+def test_animated_gif_uses_first_frame_and_non_ascii_names(run_cli, tmp_path):
+    frames = [random_photo(8, 8, seed=i).convert("P") for i in range(3)]
+    source = tmp_path / "fotoğraf_写真.gif"
+    frames[0].save(source, save_all=True, append_images=frames[1:])
+    code, _, err = run_cli(str(source), "-o", str(tmp_path / "çıktı.png"))
+    assert code == 0, err
+    assert PIL.Image.open(tmp_path / "çıktı.png").size == (32, 32)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 400)])
+def test_extreme_aspect_ratios(run_cli, tmp_path, size):
+    source = tmp_path / "thin.png"
+    random_photo(*size).save(source)
+    code, _, err = run_cli(str(source), "-o", str(tmp_path / "out.png"), "--tile", "32")
+    assert code == 0, err
+    assert PIL.Image.open(tmp_path / "out.png").size == (size[1] * 4, size[0] * 4)
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    truncated = tmp_path / "truncated.jpg"
+    random_photo(64, 64).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    truncated_png = tmp_path / "truncated.png"
+    random_photo(64, 64).save(truncated_png)
+    truncated_png.write_bytes(truncated_png.read_bytes()[:100])
+    bomb = tmp_path / "bomb.png"
+    _png_header_only(bomb, 60000, 60000)
+    return {"empty": empty, "text": text, "truncated": truncated, "truncated_png": truncated_png, "bomb": bomb}
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "truncated_png", "bomb", "missing"])
+def test_bad_files_exit_2_with_one_line_and_no_output(run_cli, tmp_path, kind):
+    source = _bad_inputs(tmp_path).get(kind, tmp_path / "missing.png")
+    target = tmp_path / "out" / "result.png"
+    code, _, err = run_cli(str(source), "-o", str(target))
+    assert code == 2
+    assert err.startswith("teasr: error:") and err.count("\n") == 1, err
+    assert not target.exists()
+    assert not list(tmp_path.glob("out/.result*")), "temporary file left behind"
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["--steps", "0"], "num_inference_steps"),
+        (["--scale", "0"], "upscale"),
+        (["--scale", "-1"], "upscale"),
+        (["--start-timestep", "0"], "start_timestep"),
+        (["--start-timestep", "1.2"], "start_timestep"),
+        (["--scale", "100", "--max-output-pixels", "100000"], "max_output_pixels"),
+    ],
+)
+def test_bad_arguments_exit_2(run_cli, tmp_path, args, word):
+    source = tmp_path / "photo.png"
+    random_photo(8, 8).save(source)
+    code, _, err = run_cli(str(source), "-o", str(tmp_path / "out.png"), *args)
+    assert code == 2 and word in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_folder_with_good_and_bad_files(run_cli, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        random_photo(8, 8, seed=i).save(folder / f"good{i}.png")
+    (folder / "broken.png").write_text("nope")
+    (folder / "readme.txt").write_text("ignored: not an image suffix")
+    code, out, err = run_cli(str(folder), "-o", str(tmp_path / "out"))
+    assert code == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good0.png", "good1.png"]
+    assert "broken.png" in err and "1 of 3 inputs failed" in err
+
+
+def test_several_files_go_to_a_folder_keeping_stems(run_cli, tmp_path):
+    names = []
+    for i in range(2):
+        path = tmp_path / f"img{i}.jpg"
+        random_photo(8, 8, seed=i).save(path)
+        names.append(str(path))
+    code, _, err = run_cli(*names, "-o", str(tmp_path / "results"))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["img0.png", "img1.png"]
+
+
+def test_missing_model_is_one_line(tmp_path, capsys):
+    source = tmp_path / "photo.png"
+    random_photo(8, 8).save(source)
+    code = main(["upscale", str(source), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+
+
+def test_console_script_has_no_traceback(tiny_pipeline_dir, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    teasr = Path(sys.executable).with_name("teasr")
+    command = [str(teasr)] if teasr.exists() else [sys.executable, "-m", "pipeline_teasr.cli"]
+    result = subprocess.run(
+        [*command, "upscale", str(bad), "-o", str(tmp_path / "o.png"), "--model", tiny_pipeline_dir],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("teasr: error:")
