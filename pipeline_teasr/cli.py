@@ -29,7 +29,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=1, help="number of sampling steps (network calls), >= 1")
     parser.add_argument("--scale", type=float, default=4.0, help="output size / input size (any positive number)")
-    parser.add_argument("--start-timestep", type=float, default=1.0, help="start level T in (0, 1]")
+    parser.add_argument(
+        "--start-timestep", type=float, default=None, help="start level T in (0, 1] (default: the model's)"
+    )
     parser.add_argument("--tile", type=int, default=None, help="tile size in output pixels (0: no tiling)")
     parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in output pixels")
     parser.add_argument("--color-fix", default=None, choices=["adain", "wavelet"], help="colour correction")

@@ -69,6 +69,8 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         text_encoder, tokenizer (*optional*): encode `prompt`; without them the learned null prompt is used.
         default_tile_size (`int`, *optional*): tile size in output pixels used when a call passes no `tile_size`
             (small models are trained on crops and upscale best on tiles of their training size).
+        default_start_timestep (`float`, *optional*): start level used when a call passes no `start_timestep`
+            (1.0 if unset); a model distilled for LQ-anchored starts records its largest trained level here.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -83,12 +85,13 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         text_encoder=None,
         tokenizer=None,
         default_tile_size: int | None = None,
+        default_start_timestep: float | None = None,
     ):
         super().__init__()
         self.register_modules(
             transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer
         )
-        self.register_to_config(default_tile_size=default_tile_size)
+        self.register_to_config(default_tile_size=default_tile_size, default_start_timestep=default_start_timestep)
         self._interrupt = False
 
     # ------------------------------------------------------------------ latent space
@@ -219,7 +222,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         image: ImageInput | list[ImageInput],
         upscale: float = 4.0,
         num_inference_steps: int = 1,
-        start_timestep: float = 1.0,
+        start_timestep: float | None = None,
         prompt: str | list[str] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_embeds_mask: torch.Tensor | None = None,
@@ -245,8 +248,9 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                 [0, 1]. PIL inputs keep their mode (RGBA alpha is upscaled separately, 16-bit stays 16-bit).
             upscale (`float`, defaults to 4.0): output size = round(input size x upscale); any positive value.
             num_inference_steps (`int`, defaults to 1): number of flow-map steps (= transformer calls per tile).
-            start_timestep (`float`, defaults to 1.0): start level `T` in (0, 1]; 1 starts from noise, lower values
-                start closer to the LQ image (more fidelity, less generation).
+            start_timestep (`float`, *optional*): start level `T` in (0, 1]; 1 starts from noise, lower values
+                start closer to the LQ image (more fidelity, less generation). `None` uses the pipeline's
+                `default_start_timestep` (1.0 if unset).
             prompt (`str` or `list[str]`, *optional*): text condition; needs `text_encoder` and `tokenizer`.
             prompt_embeds (`torch.Tensor`, *optional*): precomputed text embeddings `(1, L, joint_attention_dim)`.
             prompt_embeds_mask (`torch.Tensor`, *optional*): their mask `(1, L)`.
@@ -272,7 +276,9 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         """
         images = image if isinstance(image, list) else [image]
         if tile_size is None:
-            tile_size = self.config.default_tile_size
+            tile_size = self.config.get("default_tile_size")
+        if start_timestep is None:
+            start_timestep = self.config.get("default_start_timestep") or 1.0
         self.check_inputs(
             image,
             upscale,

@@ -1,0 +1,188 @@
+# Copyright 2026 The TEASR authors. Licensed under the Apache License, Version 2.0.
+"""Losses of TEASR training: flow matching, generator reconstruction, self-critic heads, self-consistency.
+
+Notation (see the project brief): rectified-flow path `z_t = (1 - t) z0 + t eps`; the network predicts the average
+velocity `u(z_t, c, t, s)` with `z_s = z_t - (t - s) u`. All per-sample weights are `(B,)` tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.func import functional_call
+
+CRITIC_HEADS_WEIGHTS_NAME = "critic_heads.safetensors"
+
+__all__ = [
+    "CRITIC_HEADS_WEIGHTS_NAME",
+    "CriticHeads",
+    "call_with_frozen_parameters",
+    "consistency_loss",
+    "critic_hinge_loss",
+    "default_critic_blocks",
+    "flow_map_step",
+    "flow_matching_loss",
+    "generator_adversarial_loss",
+    "interpolate",
+    "jump_weight",
+    "reconstruction_loss",
+    "renoise",
+]
+
+
+def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, ...) broadcastable against `like`, in its dtype."""
+    return t.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).float().mean(dim=1)
+
+
+def _weighted_mean(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    return per_sample.mean() if weight is None else (per_sample * weight.to(per_sample)).mean()
+
+
+def interpolate(z0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Point of the rectified-flow path: `z_t = (1 - t) z0 + t eps`."""
+    t = _expand(t, z0)
+    return (1.0 - t) * z0 + t * eps
+
+
+def flow_map_step(z_t: torch.Tensor, u: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """One flow-map jump with the average velocity: `z_s = z_t - (t - s) u`."""
+    return z_t - _expand(t - s, z_t) * u
+
+
+def renoise(z_s: torch.Tensor, s: torch.Tensor, tau: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Move a sample of level `s` to a level `tau >= s` of the same rectified-flow marginal.
+
+    `z_tau = a z_s + b n` with `a = (1 - tau) / (1 - s)` and `b = sqrt(tau^2 - a^2 s^2)`, so that for
+    `z_s = (1 - s) z0 + s eps` the result is `(1 - tau) z0 + tau eps'` with fresh Gaussian `eps'`. With `s = 0` this is
+    `interpolate(z_s, noise, tau)`. Real and fake samples renoised with the same `noise` share it (the critic compares
+    them at equal noise).
+    """
+    a = (1.0 - tau) / (1.0 - s).clamp_min(1e-4)
+    b = (tau.square() - (a * s).square()).clamp_min(0.0).sqrt()
+    return _expand(a, z_s) * z_s + _expand(b, z_s) * noise
+
+
+def jump_weight(t: torch.Tensor, s: torch.Tensor, rectification: bool = True) -> torch.Tensor:
+    """Timestep-aware rectification weight of a generation step `t -> s`: the jump size `t - s` (1 without)."""
+    return (t - s).float() if rectification else torch.ones_like(t, dtype=torch.float32)
+
+
+def flow_matching_loss(
+    u: torch.Tensor, z0: torch.Tensor, eps: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L_flow = || u(z_t, c, t, t) - (eps - z0) ||^2 (mean over elements, optional per-sample weight)."""
+    return _weighted_mean(_per_sample_mean((u.float() - (eps - z0).float()).square()), weight)
+
+
+def reconstruction_loss(
+    prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, kind: str = "l2"
+) -> torch.Tensor:
+    """L_rec = || z_s_hat - z_s ||^2 (`kind="l1"`: absolute error), per-sample weighted."""
+    diff = prediction.float() - target.float()
+    if kind == "l2":
+        per_sample = _per_sample_mean(diff.square())
+    elif kind == "l1":
+        per_sample = _per_sample_mean(diff.abs())
+    else:
+        raise ValueError(f"`kind` must be 'l2' or 'l1', got {kind!r}.")
+    return _weighted_mean(per_sample, weight)
+
+
+def consistency_loss(u_jump: torch.Tensor, u_target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Self-consistency in velocity units: the direct jump `t -> s` vs the (stop-gradient) composed `t -> m -> s`."""
+    return _weighted_mean(_per_sample_mean((u_jump.float() - u_target.detach().float()).square()), weight)
+
+
+def critic_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the critic heads: mean(relu(1 - real)) + mean(relu(1 + fake))."""
+    return F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean()
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Generator term -mean(logit(fake)), logits (B, ...) averaged per sample, then per-sample weighted."""
+    return _weighted_mean(-_per_sample_mean(fake_logits), weight)
+
+
+def call_with_frozen_parameters(module: nn.Module, *args, **kwargs):
+    """Call `module` with every parameter detached: inputs still receive gradients, parameters never do.
+
+    Used for the self-critic passes (the backbone in flow mode, and the heads in the generator's adversarial term).
+    Unlike toggling `requires_grad`, it leaves the module untouched, so it is safe under DDP and with gradient
+    checkpointing (non-reentrant checkpoints recompute into the already built, parameter-free graph).
+    """
+    detached = {name: p.detach() for name, p in module.named_parameters()}
+    detached.update(dict(module.named_buffers()))
+    return functional_call(module, detached, args, kwargs, strict=False)
+
+
+def default_critic_blocks(num_layers: int) -> tuple[int, ...]:
+    """Blocks read by the critic heads unless chosen: at 1/4, 1/2 and 3/4 of the depth (distinct, sorted)."""
+    picks = {min(num_layers - 1, max(0, round(num_layers * f) - 1)) for f in (0.25, 0.5, 0.75)}
+    return tuple(sorted(picks))
+
+
+class CriticHeads(nn.Module):
+    """The self-critic's only parameters: one per-token `LayerNorm + Linear(dim, 1)` head per read block.
+
+    Args:
+        hidden_dim (`int`): width of the transformer's token states (`inner_dim`).
+        block_indices (`Sequence[int]`): transformer blocks whose noisy-branch states the heads read, in order.
+    """
+
+    def __init__(self, hidden_dim: int, block_indices: Sequence[int]):
+        super().__init__()
+        if not block_indices:
+            raise ValueError("CriticHeads needs at least one block index.")
+        self.hidden_dim = int(hidden_dim)
+        self.block_indices = tuple(int(i) for i in block_indices)
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(self.hidden_dim), nn.Linear(self.hidden_dim, 1)) for _ in self.block_indices
+        )
+        for head in self.heads:
+            # Zero logits at the start: the generator's adversarial gradient grows as the heads learn.
+            nn.init.zeros_(head[1].weight)
+            nn.init.zeros_(head[1].bias)
+
+    def forward(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Token states, one `(B, N, D)` tensor per block -> logits `(B, num_blocks * N)`."""
+        if len(hidden_states) != len(self.heads):
+            raise ValueError(f"Expected {len(self.heads)} hidden-state tensors, got {len(hidden_states)}.")
+        dtype = self.heads[0][1].weight.dtype
+        logits = [head(h.to(dtype)).squeeze(-1) for head, h in zip(self.heads, hidden_states)]
+        return torch.cat(logits, dim=1)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write `critic_heads.safetensors` (config in its metadata); returns the file path."""
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CRITIC_HEADS_WEIGHTS_NAME)
+        metadata = {"hidden_dim": str(self.hidden_dim), "block_indices": json.dumps(list(self.block_indices))}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, path, metadata=metadata)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> CriticHeads:
+        """Load from a folder holding `critic_heads.safetensors` or from the file itself."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, CRITIC_HEADS_WEIGHTS_NAME)
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if "hidden_dim" not in metadata or "block_indices" not in metadata:
+            raise ValueError(f"{path} is not a CriticHeads file: its metadata lacks hidden_dim / block_indices.")
+        heads = cls(int(metadata["hidden_dim"]), json.loads(metadata["block_indices"]))
+        heads.load_state_dict(load_file(path))
+        return heads
