@@ -47,7 +47,75 @@ def build_parser() -> argparse.ArgumentParser:
     upscale.add_argument("-o", "--output", required=True, help="output file (one input) or folder (several)")
     add_upscale_arguments(upscale)
     add_model_arguments(upscale)
+    add_eval_parser(commands)
+    add_export_parser(commands)
     return parser
+
+
+DEFAULT_EVAL_STEPS = (1, 2, 4)
+
+
+def add_eval_parser(commands) -> None:
+    from .evaluation import BASELINES, DEGRADATIONS
+    from .metrics import LEARNED_METRICS
+
+    parser = commands.add_parser(
+        "eval",
+        help="score a model, baselines or a prediction folder against ground-truth images",
+        description=(
+            "Paired folders: --lr DIR --gt DIR. HR-only: --gt DIR --degradation bicubic|light|realesrgan --seed N. "
+            "Existing predictions: --pred DIR --gt DIR --scale S. The model runs at --steps (default "
+            f"{' '.join(map(str, DEFAULT_EVAL_STEPS))} when LR images exist, unless --pred or --no-model)."
+        ),
+    )
+    parser.add_argument("--gt", required=True, help="folder of ground-truth (HR) images")
+    parser.add_argument("--lr", default=None, help="folder of LR images, matched to --gt by file stem")
+    parser.add_argument("--pred", default=None, help="folder of existing predictions to score")
+    parser.add_argument("--degradation", default=None, choices=DEGRADATIONS, help="synthesise LR from --gt")
+    parser.add_argument("--seed", type=int, default=0, help="degradation and sampling seed")
+    parser.add_argument("--scale", type=int, default=None, help="SR factor and border crop (inferred if paired)")
+    parser.add_argument("--steps", type=int, nargs="+", default=None, help="step counts to run the model at")
+    parser.add_argument("--no-model", action="store_true", help="do not run a model (baselines / --pred only)")
+    parser.add_argument("--start-timestep", type=float, default=None, help="start level T (default: the model's)")
+    parser.add_argument("--tile", type=int, default=None, help="tile size in output pixels (0: no tiling)")
+    parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in output pixels")
+    parser.add_argument("--baseline", nargs="+", default=[], choices=list(BASELINES), help="PIL resize baselines")
+    parser.add_argument(
+        "--learned",
+        nargs="*",
+        default=list(LEARNED_METRICS),
+        choices=list(LEARNED_METRICS),
+        help="pyiqa metrics to try (default: all; `--learned` alone: none)",
+    )
+    parser.add_argument("--label", default=None, help="name of the --pred method in the table")
+    parser.add_argument("--name", default=None, help="dataset name for the report (default: the --gt folder name)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--save-images", default=None, metavar="DIR", help="write predictions to DIR/<method>/")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the full report as JSON")
+    parser.add_argument("--markdown", default=None, metavar="FILE", help="write the Markdown table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+
+
+def add_export_parser(commands) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="write a self-contained Hub model folder (weights, code, model card)",
+        description="From a pipeline folder, or a base pipeline plus LoRA training output (fused or shipped next "
+        "to it), write OUT with model_index.json, safetensors weights, the custom code and a README.md card.",
+    )
+    parser.add_argument("output", metavar="OUT", help="folder to create")
+    parser.add_argument("--model", default=None, help="pipeline folder (the base with --lora; default: embedded)")
+    parser.add_argument("--lora", default=None, help="folder with pytorch_lora_weights.safetensors (or the file)")
+    parser.add_argument("--fuse", action="store_true", help="merge the LoRA into the weights")
+    parser.add_argument("--lora-scale", type=float, default=1.0, help="LoRA scale when fusing")
+    parser.add_argument("--card-json", nargs="+", default=[], metavar="JSON", help="`teasr eval` reports")
+    parser.add_argument("--training-recipe", default=None, metavar="FILE", help="Markdown file for the card")
+    parser.add_argument("--model-name", default=None, help="card title (default: OUT's folder name)")
+    parser.add_argument("--base-model", default=None, help="Hub id of the base model (card metadata)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--push", default=None, metavar="REPO_ID", help="upload OUT to this Hub model repo")
+    parser.add_argument("--private", action="store_true", help="create the pushed repo as private")
 
 
 def resolve_device_and_dtype(device: str | None, dtype: str):
@@ -74,9 +142,8 @@ def load_pipeline(model: str | None, device: str | None, dtype: str):
     from .pipeline_teasr import TEASRPipeline
 
     torch_device, torch_dtype = resolve_device_and_dtype(device, dtype)
-    path = model or default_model_path()
     try:
-        pipe = TEASRPipeline.from_pretrained(path, torch_dtype=torch_dtype)
+        pipe = TEASRPipeline.from_pretrained(model or default_model_path(), torch_dtype=torch_dtype)
     except ValueError as error:
         raise CLIError(str(error)) from None
     pipe.set_progress_bar_config(disable=True)
@@ -171,12 +238,108 @@ def run_upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import shlex
+
+    from .evaluation import EvaluationError, evaluate, render_markdown, write_json
+
+    if args.steps is not None and args.no_model:
+        raise CLIError("--steps and --no-model contradict each other")
+    has_lr = args.lr is not None or args.degradation is not None
+    if args.lr is None and args.degradation is None and args.pred is None:
+        raise CLIError("pass --lr DIR (paired folders), --degradation NAME (HR-only folders) or --pred DIR")
+    steps = args.steps
+    if steps is None:
+        steps = list(DEFAULT_EVAL_STEPS) if has_lr and args.pred is None and not args.no_model else []
+    for name in (args.json, args.markdown):
+        if name is not None and Path(name).is_dir():
+            raise CLIError(f"{name} is a folder; --json / --markdown take a file name")
+    try:
+        pipe = load_pipeline(args.model, args.device, args.dtype) if steps else None
+    except ValueError as error:  # e.g. no default model
+        raise CLIError(str(error).strip().splitlines()[0]) from None
+    device, _ = resolve_device_and_dtype(args.device, args.dtype)
+    try:
+        report = evaluate(
+            args.gt,
+            lr_dir=args.lr,
+            pred_dir=args.pred,
+            degradation=args.degradation,
+            seed=args.seed,
+            scale=args.scale,
+            pipeline=pipe,
+            model=args.model or (None if pipe is None else pipe.config.get("_name_or_path")),
+            steps=steps,
+            start_timestep=args.start_timestep,
+            tile_size=args.tile,
+            tile_overlap=args.tile_overlap,
+            baselines=args.baseline,
+            pred_label=args.label,
+            learned=args.learned,
+            device=str(device),
+            save_dir=args.save_images,
+            limit=args.limit,
+            dataset_name=args.name,
+            command=shlex.join(["teasr", *argv]),
+            progress=False if args.quiet else None,
+        )
+    except EvaluationError as error:
+        raise CLIError(str(error)) from None
+    markdown = render_markdown(report)
+    try:
+        if args.json is not None:
+            write_json(report, args.json)
+        if args.markdown is not None:
+            Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.markdown).write_text(markdown, encoding="utf-8")
+    except OSError as error:
+        raise CLIError(f"cannot write the report: {error}") from None
+    print(markdown, end="")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import ExportError, export_pipeline, push_folder
+    from .hub import default_model_path
+
+    try:
+        model = args.model or default_model_path()
+        folder = export_pipeline(
+            args.output,
+            model,
+            lora=args.lora,
+            fuse=args.fuse,
+            lora_scale=args.lora_scale,
+            card_jsons=args.card_json,
+            training_recipe_file=args.training_recipe,
+            model_name=args.model_name,
+            repo_id=args.push,
+            base_model=args.base_model,
+            overwrite=args.overwrite,
+        )
+    except (ExportError, ValueError) as error:
+        raise CLIError(str(error).strip().splitlines()[0]) from None
+    print(f"exported {model}{f' + LoRA {args.lora}' if args.lora else ''} -> {folder}")
+    if args.push:
+        try:
+            url = push_folder(folder, args.push, private=args.private)
+        except Exception as error:  # network, authentication, permissions: all reported the same way
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CLIError(f"exported {folder}, but pushing to {args.push} failed: {first}") from None
+        print(f"pushed {folder} -> {url}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "upscale":
             return run_upscale(args)
+        if args.command == "eval":
+            return run_eval(args, list(sys.argv[1:] if argv is None else argv))
+        if args.command == "export":
+            return run_export(args)
     except CLIError as error:
         print(f"teasr: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

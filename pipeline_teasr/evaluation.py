@@ -29,7 +29,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -184,12 +184,20 @@ def to_rgb_uint8(image: PIL.Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def file_mode() -> int:
+    """Permissions of a new regular file under the current umask (temporary files are created 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(handle)
     try:
         PIL.Image.fromarray(array).save(temporary)
+        os.chmod(temporary, file_mode())
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -205,6 +213,7 @@ def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(_json_safe(report), stream, indent=2, allow_nan=False)
             stream.write("\n")
+        os.chmod(temporary, file_mode())
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
@@ -259,7 +268,7 @@ def synthesize_lr(hr: np.ndarray, scale: int, degradation: str, seed: int) -> np
         raise EvaluationError(
             f"synthetic degradations need the training extras ({error}); pip install 'pipeline-teasr[train]'"
         ) from None
-    hq = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None].float() / 255.0
+    hq = torch.from_numpy(np.array(hr, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
     if degradation == "bicubic":
         lq = bicubic_degradation(hq, scale)
     else:
@@ -285,10 +294,7 @@ class _Method:
     kind: str  # "teasr", "baseline" or "pred"
     label: str
     steps: int | None = None
-    images: list[dict[str, Any]] | None = None
-
-    def __post_init__(self) -> None:
-        self.images = []
+    images: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _infer_scale(lr_shape: tuple[int, ...], gt_shape: tuple[int, ...], name: str) -> int:
@@ -350,7 +356,7 @@ def evaluate(
     pipeline: Any = None,
     model: str | None = None,
     steps: Sequence[int] = (),
-    start_timestep: float = 1.0,
+    start_timestep: float | None = None,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
     baselines: Sequence[str] = (),
@@ -374,7 +380,8 @@ def evaluate(
             scale first); ``seed`` makes it reproducible (per image ``seed + crc32(stem)``).
         scale: integer SR factor, also the border crop of PSNR / SSIM / GMSD. Inferred from paired folders when
             ``None``; defaults to 4 for synthetic LR; required with ``pred_dir`` alone.
-        pipeline: a loaded :class:`TEASRPipeline` to run at each of ``steps`` (with ``start_timestep``,
+        pipeline: a loaded :class:`TEASRPipeline` to run at each of ``steps`` (with ``start_timestep``, `None`:
+            the pipeline's default,
             ``tile_size``, ``tile_overlap`` and a ``torch.Generator`` seeded with ``seed``); ``model`` names it.
         baselines: any of ``bicubic``, ``lanczos`` (PIL resize of the LR image).
         learned: pyiqa metrics to try (see :data:`LEARNED_METRICS`); unavailable ones go to ``skipped``.
@@ -427,6 +434,10 @@ def evaluate(
         scale = 4
     if limit is not None and limit < 1:
         raise EvaluationError(f"--limit must be >= 1, got {limit}")
+    if steps and start_timestep is None:
+        start_timestep = float(pipeline.config.get("default_start_timestep") or 1.0)
+    if steps and tile_size is None:
+        tile_size = pipeline.config.get("default_tile_size")
 
     # ---- pair the files
     gt_files = collect_images(gt_dir, "GT")
@@ -488,7 +499,10 @@ def evaluate(
                 target = gt
                 if method.kind == "pred":
                     target = _fit_gt(gt, pred.shape[:2], pair.name, pair_scale, "prediction")
-                values = compute_metrics(pred, target, crop_border=pair_scale, names=names)
+                try:
+                    values = compute_metrics(pred, target, crop_border=pair_scale, names=names)
+                except ValueError as error:  # e.g. too small for SSIM after the border crop
+                    raise EvaluationError(f"{pair.name}: {error}") from None
                 for metric in learned:
                     if metric in skipped:
                         continue
@@ -680,7 +694,7 @@ def results_table(report: dict[str, Any], with_time: bool = True) -> str:
         ]
         if with_time:
             seconds = result.get("mean_seconds")
-            row.append(f"{seconds:.3f}" if seconds is not None else "–")
+            row.append(f"{seconds:.3g}" if seconds is not None else "–")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .evaluation import METRIC_LABELS, describe_dataset, load_report, results_table
+from .evaluation import METRIC_LABELS, describe_dataset, file_mode, load_report, results_table
 
 __all__ = [
     "CITATION",
@@ -112,7 +112,7 @@ def _results_section(reports: Sequence[dict[str, Any]]) -> str:
             tile = settings.get("tile_size")
             notes.append(
                 f"Sampling: start timestep {settings.get('start_timestep')}, "
-                f"tile size {tile if tile is not None else 'pipeline default'}, seed {settings.get('seed')}."
+                f"tile size {tile if tile else 'none (whole image)'}, seed {settings.get('seed')}."
             )
         if report.get("skipped"):
             notes.append("Not measured: " + "; ".join(report["skipped"][m] for m in sorted(report["skipped"])) + ".")
@@ -126,8 +126,8 @@ def _usage_section(repo: str, lora_weight_name: str | None) -> str:
     lora = ""
     if lora_weight_name:
         lora = (
-            f'pipe.load_lora_weights("{repo}", weight_name="{lora_weight_name}")  # the LoRA shipped next to the base\n'
-            "# optional: pipe.fuse_lora() merges it for faster inference\n"
+            "# the LoRA shipped next to the base pipeline; pipe.fuse_lora() then merges it for faster inference\n"
+            f'pipe.load_lora_weights("{repo}", weight_name="{lora_weight_name}")\n'
         )
     return f"""### diffusers
 
@@ -144,7 +144,7 @@ result = pipe(
     low_res,
     upscale=4,               # any positive factor
     num_inference_steps=1,   # any number of steps from the same weights
-    start_timestep=1.0,      # < 1 starts closer to the LR image (more fidelity)
+    # start_timestep=0.8,   # optional: < 1 starts closer to the LR image (default: the model's own)
     generator=torch.Generator().manual_seed(0),
 )
 result.images[0].save("output.png")
@@ -292,6 +292,7 @@ def write_model_card(card: ModelCard, path: str | os.PathLike) -> Path:
     os.close(handle)
     try:
         card.save(temporary)
+        os.chmod(temporary, file_mode())
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):

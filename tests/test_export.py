@@ -1,0 +1,190 @@
+"""Model card generation and `teasr export`: the exported folder loads without this package and matches in-process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from pipeline_teasr import TEASRPipeline
+from pipeline_teasr.cli import main
+from pipeline_teasr.evaluation import evaluate, write_json
+from pipeline_teasr.model_card import CITATION, TAGS
+
+from .conftest import make_tiny_pipeline, random_photo
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(pipe, image: np.ndarray) -> np.ndarray:
+    generator = torch.Generator().manual_seed(0)
+    return pipe(image, num_inference_steps=2, generator=generator, output_type="np").images
+
+
+@pytest.fixture(scope="module")
+def eval_json(tmp_path_factory, tiny_pipeline) -> Path:
+    folder = tmp_path_factory.mktemp("card_eval")
+    (folder / "hr").mkdir()
+    random_photo(24, 24, seed=3).save(folder / "hr" / "photo.png")
+    report = evaluate(
+        folder / "hr",
+        degradation="bicubic",
+        pipeline=tiny_pipeline,
+        model="tiny",
+        steps=[1, 2],
+        baselines=["bicubic"],
+        learned=["lpips"],
+        dataset_name="Tiny Set",
+        command="teasr eval --gt hr --degradation bicubic --steps 1 2",
+        progress=False,
+    )
+    path = folder / "eval.json"
+    write_json(report, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory) -> Path:
+    """A LoRA training output: pytorch_lora_weights.safetensors as `save_lora_weights` writes it."""
+    pipe = make_tiny_pipeline(seed=0)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    pipe.transformer.add_adapter(config)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # a trained LoRA: non-zero B
+    folder = tmp_path_factory.mktemp("lora")
+    TEASRPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+    return folder
+
+
+def test_model_card_script_builds_a_valid_card_from_eval_json(eval_json, tmp_path):
+    spec = importlib.util.spec_from_file_location("make_model_card", REPO_ROOT / "scripts" / "make_model_card.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    recipe = tmp_path / "recipe.md"
+    recipe.write_text("Distilled with the self-adversarial recipe (test text).\n")
+    out = tmp_path / "model_card" / "README.md"
+    argv = ["--eval", str(eval_json), "--training-recipe", str(recipe), "--out", str(out), "--repo-id", "me/tiny"]
+    assert script.main(argv) == 0
+
+    card = ModelCard.load(out)
+    data = card.data
+    assert data.license == "apache-2.0" and data.library_name == "diffusers"
+    assert data.pipeline_tag == "image-to-image" and set(TAGS) <= set(data.tags)
+    report = json.loads(eval_json.read_text())
+    teasr = [r for r in report["results"] if r["kind"] == "teasr"]
+    expected = {(r["steps"], m): round(r["mean"][m], 4) for r in teasr for m in ("psnr", "ssim")}
+    found = {
+        (int(e.metric_config.split(",")[0].split("=")[1]), e.metric_type): e.metric_value for e in data.eval_results
+    }
+    assert found == expected  # every model-index number comes from the JSON, baselines excluded
+    assert {e.dataset_name for e in data.eval_results} == {"Tiny Set (x4, bicubic)"}
+
+    text = card.text
+    assert 'DiffusionPipeline.from_pretrained("me/tiny", trust_remote_code=True)' in text
+    assert "teasr upscale input.png -o output.png --model me/tiny" in text
+    assert "| TEASR (2 steps) | 2 | 2 |" in text and "| Bicubic (PIL) |" in text
+    assert f"{teasr[0]['mean']['psnr']:.2f}" in text
+    assert "self-adversarial recipe (test text)" in text and "## Limitations" in text
+    assert CITATION in text and "arXiv:2606.16188" in text
+    assert report["command"] in text and report["skipped"]["lpips"] in text
+
+    assert script.main(["--eval", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.md")]) == 2
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tiny_pipeline_dir, lora_dir, eval_json) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("exports")
+    common = ["--model", tiny_pipeline_dir, "--lora", str(lora_dir), "--card-json", str(eval_json)]
+    assert main(["export", str(root / "fused"), *common, "--fuse"]) == 0
+    assert main(["export", str(root / "unfused"), *common]) == 0
+    return {"root": root, "fused": root / "fused", "unfused": root / "unfused"}
+
+
+def test_exported_folders_are_complete_safetensors_only_and_atomic(exports, tiny_pipeline_dir, capsys):
+    for kind in ("fused", "unfused"):
+        folder = exports[kind]
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        assert {"README.md", "model_index.json", "pipeline_teasr.py", "image_processing_teasr.py", "tiling.py"} <= set(
+            files
+        )
+        assert {"transformer/transformer_teasr.py", "transformer/diffusion_pytorch_model.safetensors"} <= set(files)
+        assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        index = json.loads((folder / "model_index.json").read_text())
+        assert index["_class_name"] == ["pipeline_teasr", "TEASRPipeline"]
+        card = ModelCard.load(folder / "README.md")
+        assert card.data.license == "apache-2.0" and len(card.data.eval_results) == 4
+    assert (exports["unfused"] / "pytorch_lora_weights.safetensors").is_file()
+    assert not (exports["fused"] / "pytorch_lora_weights.safetensors").exists()
+    assert 'weight_name="pytorch_lora_weights.safetensors"' in (exports["unfused"] / "README.md").read_text()
+    assert "LoRA merged into the base transformer" in (exports["fused"] / "README.md").read_text()
+    # no staging folders are left next to the outputs
+    assert sorted(p.name for p in exports["root"].iterdir()) == ["fused", "unfused"]
+
+    # an existing target is refused; --overwrite replaces it in one rename; a failed export leaves nothing behind
+    capsys.readouterr()
+    target = exports["root"] / "plain"
+    assert main(["export", str(target), "--model", tiny_pipeline_dir]) == 0
+    assert main(["export", str(target), "--model", tiny_pipeline_dir]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    (target / "stale.txt").write_text("old")
+    assert main(["export", str(target), "--model", tiny_pipeline_dir, "--overwrite"]) == 0
+    assert not (target / "stale.txt").exists() and (target / "model_index.json").is_file()
+    broken = exports["root"] / "broken"
+    assert main(["export", str(broken), "--model", tiny_pipeline_dir, "--card-json", str(target / "nope.json")]) == 2
+    assert not broken.exists()
+    assert sorted(p.name for p in exports["root"].iterdir()) == ["fused", "plain", "unfused"]
+
+
+def test_export_loads_without_the_package_and_fused_equals_unfused(exports, tiny_pipeline_dir, lora_dir, tmp_path):
+    image = np.asarray(random_photo(8, 10, seed=4))
+    base = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
+    base.set_progress_bar_config(disable=True)
+    without_lora = _run(base, image)
+    base.load_lora_weights(lora_dir)
+    expected = _run(base, image)  # in-process, LoRA loaded unfused
+    assert np.abs(expected - without_lora).max() > 1e-2  # the LoRA matters
+    fused = TEASRPipeline.from_pretrained(exports["fused"])
+    fused.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(_run(fused, image), expected, atol=1e-5)
+
+    np.save(tmp_path / "input.npy", image)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["pipeline_teasr"] = None  # the installed library must not be needed
+        import numpy as np, torch
+        from diffusers import DiffusionPipeline
+        image = np.load({str(tmp_path / "input.npy")!r})
+        outputs = {{}}
+        for kind in ("fused", "unfused"):
+            folder = {str(exports["root"])!r} + "/" + kind
+            pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+            assert type(pipe).__module__.startswith("diffusers_modules"), type(pipe).__module__
+            if kind == "unfused":
+                pipe.load_lora_weights(folder, weight_name="pytorch_lora_weights.safetensors")
+            pipe.set_progress_bar_config(disable=True)
+            generator = torch.Generator().manual_seed(0)
+            outputs[kind] = pipe(image, num_inference_steps=2, generator=generator, output_type="np").images
+        np.savez({str(tmp_path / "out.npz")!r}, **outputs)
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(outputs["fused"], expected, atol=1e-5)
+    np.testing.assert_allclose(outputs["unfused"], expected, atol=1e-5)
