@@ -1,0 +1,451 @@
+# Copyright 2026 The TEASR authors. Licensed under the Apache License, Version 2.0.
+"""TEASR Gradio Space: any-step diffusion super-resolution in the browser.
+
+Run locally with `python space/app.py` (http://127.0.0.1:7860). A thin layer over `pipeline_teasr`: the model is
+loaded with the shared `load_pipeline` and every image goes through `TEASRPipeline.__call__`.
+
+Environment:
+    TEASR_MODEL                     pipeline folder or Hub id (default: the embedded teasr-mini)
+    TEASR_SPACE_MAX_INPUT_PIXELS    largest accepted upload, in pixels (default 1024 * 1024)
+    TEASR_SPACE_MAX_OUTPUT_PIXELS   largest output, in pixels (default 2048 * 2048)
+    TEASR_SPACE_CONCURRENCY         requests worked on at once (default 2); the rest wait in the queue
+    TEASR_SPACE_MAX_QUEUE           queue length before new requests are turned away (default 16)
+    GRADIO_SERVER_NAME / _PORT      where to listen (gradio's defaults: 127.0.0.1:7860)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+try:  # ZeroGPU wants `spaces` imported before torch; elsewhere `spaces.GPU` is a no-op and the package optional.
+    import spaces
+except ImportError:  # pragma: no cover - depends on the environment
+    spaces = None
+
+import gradio as gr
+import numpy as np
+import PIL.Image
+import torch
+
+from pipeline_teasr import TEASRPipeline
+from pipeline_teasr.cli import IMAGE_SUFFIXES, CLIError, load_pipeline
+from pipeline_teasr.image_processing_teasr import decompose_image, load_image, recompose_image, resize
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES_DIR = HERE / "examples"
+EXAMPLES = sorted(str(path) for path in EXAMPLES_DIR.glob("*.png"))
+
+MAX_STEPS = 8
+COMPARE_STEPS = (1, 2, 4, 8)
+MAX_SCALE = 8.0
+FALLBACK_TILE_SIZE = 256
+MAX_TILE_SIZE = 1024
+PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
+OUTPUT_MAX_AGE_S = 3600.0
+UPLOAD_ERROR = "Cannot use this image"
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        parsed = int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
+    if parsed < 1:
+        raise ValueError(f"{name} must be positive, got {parsed}")
+    return parsed
+
+
+MAX_INPUT_PIXELS = env_int("TEASR_SPACE_MAX_INPUT_PIXELS", 1024 * 1024)
+MAX_OUTPUT_PIXELS = env_int("TEASR_SPACE_MAX_OUTPUT_PIXELS", 2048 * 2048)
+CONCURRENCY = env_int("TEASR_SPACE_CONCURRENCY", 2)
+MAX_QUEUE = env_int("TEASR_SPACE_MAX_QUEUE", 16)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def gpu(duration: int) -> Callable[[F], F]:
+    """`@spaces.GPU(duration=...)` on ZeroGPU; the function unchanged anywhere else."""
+    if spaces is None:
+        return lambda function: function
+    return spaces.GPU(duration=duration)
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class Settings:
+    steps: int
+    scale: float
+    start_timestep: float
+    seed: int
+    tile_size: int
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or value is None or value == "":
+        raise gr.Error(f"{name} is missing.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number, got {value!r}.") from None
+    if not np.isfinite(number):
+        raise gr.Error(f"{name} must be a finite number, got {value!r}.")
+    return number
+
+
+def _integer(value: Any, name: str, low: int, high: int) -> int:
+    number = _number(value, name)
+    if number != int(number) or not low <= number <= high:
+        raise gr.Error(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+    return int(number)
+
+
+def parse_settings(steps: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any) -> Settings:
+    """Check the controls (the API accepts anything JSON) and turn them into one `Settings`, or raise `gr.Error`."""
+    scale_value = _number(scale, "Upscale factor")
+    if not 0 < scale_value <= MAX_SCALE:
+        raise gr.Error(f"Upscale factor must be above 0 and at most {MAX_SCALE:g}, got {scale!r}.")
+    start_value = _number(start_timestep, "Start timestep")
+    if not 0 < start_value <= 1:
+        raise gr.Error(f"Start timestep must lie in (0, 1], got {start_timestep!r}.")
+    return Settings(
+        steps=_integer(steps, "Steps", 1, MAX_STEPS),
+        scale=scale_value,
+        start_timestep=start_value,
+        seed=_integer(seed, "Seed", 0, 2**63 - 1),
+        tile_size=_integer(tile_size, "Tile size", 0, MAX_TILE_SIZE),
+    )
+
+
+@dataclass
+class Upload:
+    image: PIL.Image.Image
+    name: str  # the file name the user uploaded, without folders
+
+
+def read_upload(payload: Any) -> Upload:
+    """Open an uploaded image (gradio's raw file payload or a path) with the library's loader, or raise a friendly
+    `gr.Error` that names the user's file, never a server path."""
+    if payload is None:
+        raise gr.Error(
+            "Upload an image first (PNG, JPEG, WebP, BMP, TIFF or GIF), or pick an example.", title=UPLOAD_ERROR
+        )
+    if isinstance(payload, dict):
+        path, original = payload.get("path"), payload.get("orig_name")
+    else:
+        path, original = os.fspath(payload), None
+    if not path:
+        raise gr.Error("The upload did not arrive; please try again.", title=UPLOAD_ERROR)
+    name = Path(original or path).name
+    suffix = Path(name).suffix.lower()
+    if suffix and suffix not in IMAGE_SUFFIXES:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise gr.Error(f"{name}: {suffix} files are not supported; upload an image ({kinds}).", title=UPLOAD_ERROR)
+    try:
+        image = load_image(path, max_pixels=MAX_INPUT_PIXELS)
+    except ValueError as error:
+        raise gr.Error(str(error).replace(str(path), name), title=UPLOAD_ERROR) from None
+    return Upload(image=image, name=name)
+
+
+def check_output_size(image: PIL.Image.Image, settings: Settings) -> tuple[int, int]:
+    try:
+        return TEASRPipeline.output_size(image.height, image.width, settings.scale, MAX_OUTPUT_PIXELS)
+    except ValueError:
+        raise gr.Error(
+            f"{image.width}x{image.height} at x{settings.scale:g} would be larger than this Space's limit of "
+            f"{MAX_OUTPUT_PIXELS:,} output pixels; lower the upscale factor or use a smaller image."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------- model calls
+@dataclass
+class Sample:
+    image: PIL.Image.Image
+    steps: int
+    nfe: int
+    seconds: float
+
+
+# The pipeline keeps per-call state (scheduler timesteps), so calls on one pipeline object run one at a time;
+# decoding uploads and encoding PNGs still overlap across the queue's workers.
+_PIPELINE_LOCK = threading.Lock()
+
+
+def run_pipeline(pipe: TEASRPipeline, image: PIL.Image.Image, settings: Settings) -> Sample:
+    """One `TEASRPipeline` call, timed; library `ValueError`s and CUDA out-of-memory become friendly errors."""
+    with _PIPELINE_LOCK:
+        started = time.perf_counter()
+        try:
+            result = pipe(
+                image,
+                upscale=settings.scale,
+                num_inference_steps=settings.steps,
+                start_timestep=settings.start_timestep,
+                tile_size=settings.tile_size,
+                max_output_pixels=MAX_OUTPUT_PIXELS,
+                generator=torch.Generator().manual_seed(settings.seed),
+            )
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise gr.Error("Out of GPU memory: lower the tile size or the upscale factor.") from None
+        seconds = time.perf_counter() - started
+    return Sample(image=result.images[0], steps=settings.steps, nfe=result.nfe, seconds=seconds)
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+class OutputStore:
+    """Fresh folders for result files under one temporary root; folders older than `max_age_s` are removed."""
+
+    def __init__(self, root: Path, max_age_s: float = OUTPUT_MAX_AGE_S) -> None:
+        self.root = root
+        self.max_age_s = max_age_s
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def new_folder(self) -> Path:
+        cutoff = time.time() - self.max_age_s
+        for folder in self.root.iterdir():
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except FileNotFoundError:
+                continue
+        return Path(tempfile.mkdtemp(dir=self.root))
+
+
+def png_ready(image: PIL.Image.Image) -> PIL.Image.Image:
+    """The image in a mode PNG can hold (alpha and 16-bit kept; float as 16-bit; CMYK and the like as RGB)."""
+    if image.mode in PNG_MODES:
+        return image
+    if image.mode == "F":
+        return PIL.Image.fromarray(np.round(np.clip(np.asarray(image), 0.0, 1.0) * 65535.0).astype(np.uint16))
+    return image.convert("RGBA" if image.mode.endswith("A") else "RGB")
+
+
+def bicubic_preview(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image.Image:
+    """The input resized to the output size the way the pipeline resizes its condition: the slider's "before"."""
+    parts = decompose_image(image)
+    alpha = None if parts.alpha is None else resize(parts.alpha, size)
+    return recompose_image(resize(parts.rgb, size), alpha, parts.mode)
+
+
+def file_stem(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem).strip("_")[:40]
+    return stem or "image"
+
+
+def save_png(image: PIL.Image.Image, folder: Path, name: str) -> str:
+    path = folder / name
+    png_ready(image).save(path, format="PNG")
+    return str(path)
+
+
+def describe(sample: Sample, source: PIL.Image.Image, settings: Settings, pipe: TEASRPipeline) -> str:
+    steps = f"{sample.steps} step" + ("s" if sample.steps > 1 else "")
+    return (
+        f"**{sample.image.width}×{sample.image.height}** from {source.width}×{source.height} · {steps} · "
+        f"**{sample.nfe} NFE** (network evaluations) · **{sample.seconds:.2f} s** on {pipe.device.type} "
+        f"({str(pipe.transformer.dtype).removeprefix('torch.')}) · T = {settings.start_timestep:g} · "
+        f"seed {settings.seed} · tile {settings.tile_size or 'off'}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- the app
+HEADER = """
+# TEASR: any-step diffusion super-resolution
+One dual-branch diffusion transformer that upscales real-world photos in **any number of steps** from the same
+weights. Upload a photo or pick an example, choose the steps, and compare the result with the input.
+Lower the *start timestep* to stay closer to the input (fidelity); raise it to let the model generate more detail.
+"""
+
+API_DOC = """
+**API.** `/upscale` takes `(image, steps, scale, start_timestep, seed)` and returns the upscaled PNG:
+`Client(URL).predict(handle_file("photo.png"), 1, 4, 1.0, 0, api_name="/upscale")` with `gradio_client`.
+"""
+
+
+def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
+    """The Space's Blocks app around `pipe` (default: `load_pipeline` of `$TEASR_MODEL` or the embedded model)."""
+    if pipe is None:
+        pipe = load_pipeline(None, None, "auto")
+    config_tile = pipe.config.get("default_tile_size")
+    default_tile = min(MAX_TILE_SIZE, config_tile if config_tile is not None else FALLBACK_TILE_SIZE)
+    default_start = float(pipe.config.get("default_start_timestep") or 1.0)
+    store = OutputStore(Path(tempfile.gettempdir()) / "teasr-space")
+    model_name = pipe.config.get("_name_or_path") or "TEASR"
+
+    @gpu(duration=60)
+    def sample_gpu(image: PIL.Image.Image, settings: Settings) -> Sample:
+        return run_pipeline(pipe, image, settings)
+
+    @gpu(duration=180)
+    def compare_gpu(image: PIL.Image.Image, settings: Settings) -> list[Sample]:
+        return [run_pipeline(pipe, image, dataclasses.replace(settings, steps=k)) for k in COMPARE_STEPS]
+
+    def upscale_files(payload: Any, settings: Settings) -> tuple[Upload, Sample, str, str]:
+        upload = read_upload(payload)
+        size = check_output_size(upload.image, settings)
+        sample = sample_gpu(upload.image, settings)
+        folder = store.new_folder()
+        stem = f"{file_stem(upload.name)}_teasr_x{settings.scale:g}_{settings.steps}step"
+        after = save_png(sample.image, folder, f"{stem}.png")
+        before = save_png(bicubic_preview(upload.image, size), folder, f"{file_stem(upload.name)}_bicubic.png")
+        return upload, sample, before, after
+
+    def upscale_api(image: Any, steps: Any, scale: Any, start_timestep: Any, seed: Any) -> str:
+        """Upscale one image; returns the path of the full-size PNG."""
+        settings = parse_settings(steps, scale, start_timestep, seed, default_tile)
+        return upscale_files(image, settings)[3]
+
+    def upscale_ui(
+        image: Any, steps: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any
+    ) -> tuple[tuple[str, str], gr.DownloadButton, str, gr.Tabs]:
+        settings = parse_settings(steps, scale, start_timestep, seed, tile_size)
+        upload, sample, before, after = upscale_files(image, settings)
+        download = gr.DownloadButton(f"Download full-size PNG ({sample.image.width}×{sample.image.height})", after)
+        return (before, after), download, describe(sample, upload.image, settings, pipe), gr.Tabs(selected="result")
+
+    def compare_steps(
+        image: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any
+    ) -> tuple[list[tuple[str, str]], str, gr.Tabs]:
+        """Upscale one image with 1, 2, 4 and 8 steps (same seed); returns the images and a timing table."""
+        settings = parse_settings(1, scale, start_timestep, seed, tile_size)
+        upload = read_upload(image)
+        check_output_size(upload.image, settings)
+        samples = compare_gpu(upload.image, settings)
+        folder = store.new_folder()
+        gallery, rows = [], ["| steps | NFE | time | output |", "|---:|---:|---:|---|"]
+        for sample in samples:
+            path = save_png(sample.image, folder, f"{file_stem(upload.name)}_{sample.steps}step.png")
+            plural = "s" if sample.steps > 1 else ""
+            gallery.append((path, f"{sample.steps} step{plural} · {sample.seconds:.2f} s"))
+            rows.append(
+                f"| {sample.steps} | {sample.nfe} | {sample.seconds:.2f} s | "
+                f"{sample.image.width}×{sample.image.height} |"
+            )
+        return gallery, "\n".join(rows), gr.Tabs(selected="compare")
+
+    with gr.Blocks(
+        title="TEASR any-step super-resolution", analytics_enabled=False, delete_cache=(1800, 3600)
+    ) as demo:
+        gr.Markdown(HEADER)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                image = gr.Image(
+                    label="Low-quality input",
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "clipboard"],
+                    height=300,
+                    elem_id="input-image",
+                )
+                if EXAMPLES:
+                    gr.Examples(examples=[[path] for path in EXAMPLES], inputs=[image], label="Example photos")
+                steps = gr.Slider(1, MAX_STEPS, value=1, step=1, label="Steps", info="network calls per tile")
+                scale = gr.Slider(1, MAX_SCALE, value=4, step=0.5, label="Upscale factor", elem_id="scale")
+                start = gr.Slider(
+                    0.05,
+                    1.0,
+                    value=default_start,
+                    step=0.05,
+                    label="Start timestep T",
+                    info="lower: closer to the input (fidelity) · 1: from noise (generation)",
+                )
+                with gr.Row():
+                    seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                    tile = gr.Slider(
+                        0, MAX_TILE_SIZE, value=default_tile, step=16, label="Tile size", info="output px; 0 = off"
+                    )
+                with gr.Row():
+                    run = gr.Button("Upscale", variant="primary", elem_id="run")
+                    compare = gr.Button("Compare steps", elem_id="compare")
+            with gr.Column(scale=3):
+                with gr.Tabs(selected="result") as tabs:
+                    with gr.Tab("Before / after", id="result"):
+                        slider = gr.ImageSlider(
+                            label="Input (bicubic) | TEASR",
+                            type="filepath",
+                            format="png",
+                            max_height=640,
+                            elem_id="result-slider",
+                        )
+                        info = gr.Markdown(elem_id="result-info")
+                        download = gr.DownloadButton("Download full-size PNG", elem_id="download")
+                    with gr.Tab("Compare steps", id="compare"):
+                        gallery = gr.Gallery(
+                            label="1 / 2 / 4 / 8 steps, same seed",
+                            columns=4,
+                            format="png",
+                            object_fit="contain",
+                            height="auto",
+                            elem_id="compare-gallery",
+                        )
+                        compare_info = gr.Markdown(elem_id="compare-info")
+        gr.Markdown(
+            f"Model: `{model_name}`. Inputs up to {MAX_INPUT_PIXELS:,} pixels and outputs up to "
+            f"{MAX_OUTPUT_PIXELS:,} pixels ({', '.join(sorted(IMAGE_SUFFIXES))}). {API_DOC}"
+        )
+
+        common = dict(preprocess=False, concurrency_id="teasr")
+        run.click(
+            upscale_ui,
+            [image, steps, scale, start, seed, tile],
+            [slider, download, info, tabs],
+            api_name="upscale_ui",
+            api_visibility="undocumented",
+            **common,
+        )
+        compare.click(
+            compare_steps,
+            [image, scale, start, seed, tile],
+            [gallery, compare_info, tabs],
+            api_name="compare_steps",
+            **common,
+        )
+        # The public API: (image, steps, scale, start_timestep, seed) -> upscaled image file.
+        api_result = gr.Image(label="Upscaled image", type="filepath", format="png", visible=False)
+        api_trigger = gr.Button(visible=False)
+        api_trigger.click(upscale_api, [image, steps, scale, start, seed], api_result, api_name="upscale", **common)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
+    return demo
+
+
+THEME = gr.themes.Soft(
+    primary_hue="orange",
+    font=["ui-sans-serif", "system-ui", "sans-serif"],  # system fonts: nothing fetched from font servers
+    font_mono=["ui-monospace", "monospace"],
+)
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """Options for `demo.launch()`: theme, file limits and the example folder."""
+    return dict(theme=THEME, allowed_paths=[str(EXAMPLES_DIR)], max_file_size="25mb")
+
+
+def main() -> int:
+    try:
+        demo = build_demo()
+    except (ValueError, OSError, CLIError) as error:  # no model, a bad folder, an unreachable Hub id
+        print(f"teasr space: cannot load the model: {error}", file=sys.stderr)
+        return 2
+    demo.launch(**launch_kwargs())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
