@@ -7,6 +7,7 @@ Hub model folders, where `DiffusionPipeline.from_pretrained(..., trust_remote_co
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import json
@@ -378,8 +379,10 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             )
         noise = noise.to(device, dtype)
 
-        self.scheduler.set_timesteps(sigmas=sampling_sigmas(num_inference_steps, start_timestep), device=device)
-        sigmas = self.scheduler.sigmas
+        # A private copy: the scheduler keeps per-call state, and one pipeline may serve several threads.
+        scheduler = copy.copy(self.scheduler)
+        scheduler.set_timesteps(sigmas=sampling_sigmas(num_inference_steps, start_timestep), device=device)
+        sigmas = scheduler.sigmas
         latents = (1.0 - sigmas[0].to(dtype)) * lq_latents + sigmas[0].to(dtype) * noise
 
         tiles, overlap = self._plan_tiles(lq_latents.shape[-2:], tile_size, tile_overlap)
@@ -417,8 +420,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                     progress.update()
                 if blender is not None:
                     velocity = blender.result()
-                scheduler_t = self.scheduler.timesteps[step]
-                latents = self.scheduler.step(velocity, scheduler_t, latents, return_dict=False)[0]
+                latents = scheduler.step(velocity, scheduler.timesteps[step], latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
                     callback_kwargs = {"latents": latents} if "latents" in callback_tensor_inputs else {}

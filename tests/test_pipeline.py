@@ -227,3 +227,17 @@ def test_offload_helpers_keep_working(tiny_pipeline_dir):
     pipe.to("cpu")
     out = _run(pipe, PIL.Image.new("RGB", (8, 8), (120, 60, 30)))
     assert out.images[0].size == (32, 32)
+
+
+def test_one_pipeline_serves_concurrent_threads(tiny_pipeline):
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = random_photo(8, 8)
+    settings = [1, 4, 2, 8]
+    alone = [_run(tiny_pipeline, image, num_inference_steps=k, output_type="np").images for k in settings]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(
+            pool.map(lambda k: _run(tiny_pipeline, image, num_inference_steps=k, output_type="np").images, settings)
+        )
+    for expected, got in zip(alone, together):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
