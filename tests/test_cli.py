@@ -177,3 +177,12 @@ def test_console_script_has_no_traceback(tiny_pipeline_dir, tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("teasr: error:")
+
+
+def test_huge_input_refused_above_the_output_cap(run_cli, tmp_path):
+    source = tmp_path / "big.png"
+    PIL.Image.new("RGB", (4000, 3000), (90, 120, 150)).save(source)
+    code, _, err = run_cli(str(source), "-o", str(tmp_path / "out.png"))
+    assert code == 2
+    assert "16000x12000" in err and "max_output_pixels" in err and err.count("\n") == 1
+    assert not (tmp_path / "out.png").exists()
