@@ -114,16 +114,32 @@ def generator_adversarial_loss(fake_logits: torch.Tensor, weight: torch.Tensor |
     return _weighted_mean(-_per_sample_mean(fake_logits), weight)
 
 
+def _detached_call(module: nn.Module, args: tuple, kwargs: dict):
+    detached = {name: p.detach() for name, p in module.named_parameters()}
+    detached.update(dict(module.named_buffers()))
+    return functional_call(module, detached, args, kwargs, strict=False)
+
+
 def call_with_frozen_parameters(module: nn.Module, *args, **kwargs):
     """Call `module` with every parameter detached: inputs still receive gradients, parameters never do.
 
     Used for the self-critic passes (the backbone in flow mode, and the heads in the generator's adversarial term).
-    Unlike toggling `requires_grad`, it leaves the module untouched, so it is safe under DDP and with gradient
-    checkpointing (non-reentrant checkpoints recompute into the already built, parameter-free graph).
+    Unlike toggling `requires_grad`, it leaves the module untouched, so it is safe under DDP. With diffusers gradient
+    checkpointing on, each checkpointed block is also run (and later recomputed) with detached parameters, so the
+    recomputation rebuilds exactly the parameter-free graph of the forward pass.
     """
-    detached = {name: p.detach() for name, p in module.named_parameters()}
-    detached.update(dict(module.named_buffers()))
-    return functional_call(module, detached, args, kwargs, strict=False)
+    checkpoint = getattr(module, "_gradient_checkpointing_func", None)
+    if checkpoint is None or not getattr(module, "gradient_checkpointing", False):
+        return _detached_call(module, args, kwargs)
+
+    def frozen_checkpoint(block: nn.Module, *block_args):
+        return checkpoint(lambda *a: _detached_call(block, a, {}), *block_args)
+
+    module._gradient_checkpointing_func = frozen_checkpoint
+    try:
+        return _detached_call(module, args, kwargs)
+    finally:
+        module._gradient_checkpointing_func = checkpoint
 
 
 def default_critic_blocks(num_layers: int) -> tuple[int, ...]:

@@ -1,0 +1,278 @@
+# Copyright 2026 The TEASR authors. Licensed under the Apache License, Version 2.0.
+"""Training data for TEASR: 🤗 datasets (Hub or a local imagefolder) -> random HQ crops; LQ made on the fly.
+
+Images are decoded here rather than by `datasets`, so that a corrupt file is skipped (and counted) instead of crashing
+the run. Crops are drawn from `(seed, epoch, index)`, so a resumed run sees the same crops as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+
+from .degradations import DegradationConfig, RealWorldDegradation, bicubic_degradation
+from .image_processing_teasr import resize as resize_images
+
+__all__ = [
+    "DEGRADATIONS",
+    "SRCropDataset",
+    "SRStreamingCropDataset",
+    "build_degradation",
+    "collate_sr_batch",
+    "decode_image",
+    "load_image_dataset",
+    "lq_condition_pixels",
+]
+
+DEGRADATIONS = ("light", "realesrgan", "bicubic")
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
+
+
+def load_image_dataset(
+    train_data_dir: str | None = None,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    image_column: str = "image",
+    lq_column: str | None = None,
+    cache_dir: str | None = None,
+    split: str = "train",
+    streaming: bool = False,
+):
+    """Open the training set and check its columns; image columns are left undecoded (see `decode_image`).
+
+    Raises `ValueError` (before any training) when neither or both sources are given, the folder is missing, or a
+    requested column does not exist.
+    """
+    from datasets import Image, load_dataset
+
+    if (train_data_dir is None) == (dataset_name is None):
+        raise ValueError("Pass exactly one of `--train_data_dir` (a local image folder) or `--dataset_name`.")
+    if train_data_dir is not None:
+        if not os.path.isdir(train_data_dir):
+            raise ValueError(f"--train_data_dir {train_data_dir!r} is not a folder.")
+        dataset = load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
+    else:
+        dataset = load_dataset(
+            dataset_name, dataset_config_name, split=split, cache_dir=cache_dir, streaming=streaming
+        )
+
+    features = dataset.features
+    columns = list(features) if features is not None else list(dataset.column_names or [])
+    for flag, column in (("--image_column", image_column), ("--lq_column", lq_column)):
+        if column is not None and column not in columns:
+            raise ValueError(f"{flag} {column!r} is not a column of the training set; its columns are {columns}.")
+    for column in (image_column, lq_column):
+        if column is not None and features is not None and isinstance(features[column], Image):
+            dataset = dataset.cast_column(column, Image(decode=False))
+    return dataset
+
+
+def decode_image(value: Any) -> PIL.Image.Image:
+    """A dataset cell (PIL image, `{"bytes", "path"}` dict, path or bytes) -> RGB PIL image (EXIF-rotated)."""
+    if isinstance(value, PIL.Image.Image):
+        image = value
+    elif isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        image = PIL.Image.open(io.BytesIO(data) if data else path)
+    elif isinstance(value, (str, os.PathLike)):
+        image = PIL.Image.open(value)
+    elif isinstance(value, (bytes, bytearray)):
+        image = PIL.Image.open(io.BytesIO(value))
+    else:
+        raise ValueError(f"cannot read an image from a {type(value).__name__}")
+    image.load()
+    image = PIL.ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        image = PIL.Image.fromarray(np.round(array / peak * 255.0).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+class _CropMixin:
+    """Random aligned crops of an HQ image (and its paired LQ image)."""
+
+    resolution: int
+    scale: int
+    random_flip: bool
+    small_images: str
+    seed: int
+    epoch: int
+
+    def _crop(self, hq: PIL.Image.Image, lq: PIL.Image.Image | None, key: int) -> dict[str, Any] | None:
+        upsized = False
+        width, height = hq.size
+        if min(width, height) < self.resolution:
+            if self.small_images == "skip":
+                return None
+            factor = self.resolution / min(width, height)
+            width, height = max(self.resolution, round(width * factor)), max(self.resolution, round(height * factor))
+            hq = hq.resize((width, height), PIL.Image.BICUBIC)
+            upsized = True
+        rng = np.random.default_rng([self.seed, self.epoch, key])
+        x = self.scale * int(rng.integers(0, (width - self.resolution) // self.scale + 1))
+        y = self.scale * int(rng.integers(0, (height - self.resolution) // self.scale + 1))
+        flip = self.random_flip and bool(rng.random() < 0.5)
+        box = (x, y, x + self.resolution, y + self.resolution)
+        item: dict[str, Any] = {"pixel_values": _to_tensor(hq.crop(box)), "upsized": upsized}
+        if lq is not None:
+            lq_size = (width // self.scale, height // self.scale)
+            if lq.size != lq_size:
+                lq = lq.resize(lq_size, PIL.Image.BICUBIC)
+            item["lq_pixel_values"] = _to_tensor(lq.crop(tuple(v // self.scale for v in box)))
+        if flip:
+            item = {k: v.flip(-1) if torch.is_tensor(v) else v for k, v in item.items()}
+        return item
+
+
+class SRCropDataset(_CropMixin, torch.utils.data.Dataset):
+    """Map-style crops of a (non-streaming) 🤗 dataset.
+
+    Each item: `pixel_values` (3, R, R) in [0, 1], optional `lq_pixel_values` (3, R/scale, R/scale), `upsized`
+    (the source was smaller than R and was enlarged) and `skipped` (indices of unreadable or, with
+    `small_images="skip"`, too-small rows passed over to reach this item).
+
+    Args:
+        dataset: a `datasets.Dataset` from `load_image_dataset`.
+        image_column / lq_column: the HQ column and an optional paired LQ column.
+        resolution: crop side in HQ pixels (a multiple of `scale`).
+        scale: HQ/LQ size ratio of paired data.
+        random_flip: random horizontal flips.
+        small_images: `"upsize"` (enlarge to `resolution`) or `"skip"`.
+        seed: base seed of the crops; `set_epoch` varies them per epoch.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        image_column: str = "image",
+        lq_column: str | None = None,
+        resolution: int = 512,
+        scale: int = 4,
+        random_flip: bool = True,
+        small_images: str = "upsize",
+        seed: int = 0,
+    ):
+        if resolution % scale:
+            raise ValueError(f"--resolution ({resolution}) must be a multiple of --scale ({scale}).")
+        if small_images not in ("upsize", "skip"):
+            raise ValueError(f"small_images must be 'upsize' or 'skip', got {small_images!r}.")
+        if len(dataset) == 0:
+            raise ValueError("The training set is empty.")
+        self.dataset, self.image_column, self.lq_column = dataset, image_column, lq_column
+        self.resolution, self.scale, self.random_flip = resolution, scale, random_flip
+        self.small_images, self.seed, self.epoch = small_images, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        skipped: list[int] = []
+        for offset in range(len(self.dataset)):
+            key = (index + offset) % len(self.dataset)
+            row = self.dataset[key]
+            try:
+                hq = decode_image(row[self.image_column])
+                lq = decode_image(row[self.lq_column]) if self.lq_column else None
+            except _DECODE_ERRORS:
+                skipped.append(key)
+                continue
+            item = self._crop(hq, lq, key)
+            if item is None:
+                skipped.append(key)
+                continue
+            item["skipped"] = skipped
+            return item
+        raise ValueError(f"None of the {len(self.dataset)} training images could be read (or all are too small).")
+
+
+class SRStreamingCropDataset(_CropMixin, torch.utils.data.IterableDataset):
+    """Crops of a streaming 🤗 `IterableDataset` (Hub); same items as `SRCropDataset`, skipped rows attached to the
+    next good item. Shuffles with a buffer; shards by worker (and by process when given `process_index`)."""
+
+    def __init__(
+        self,
+        dataset,
+        image_column: str = "image",
+        lq_column: str | None = None,
+        resolution: int = 512,
+        scale: int = 4,
+        random_flip: bool = True,
+        small_images: str = "upsize",
+        seed: int = 0,
+        shuffle_buffer_size: int = 1000,
+        num_processes: int = 1,
+        process_index: int = 0,
+    ):
+        if resolution % scale:
+            raise ValueError(f"--resolution ({resolution}) must be a multiple of --scale ({scale}).")
+        if num_processes > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            dataset = split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
+        self.dataset, self.image_column, self.lq_column = dataset, image_column, lq_column
+        self.resolution, self.scale, self.random_flip = resolution, scale, random_flip
+        self.small_images, self.seed, self.epoch = small_images, seed, 0
+        self.shuffle_buffer_size = shuffle_buffer_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        stream = self.dataset.shuffle(seed=self.seed + self.epoch, buffer_size=self.shuffle_buffer_size)
+        worker = torch.utils.data.get_worker_info()
+        skipped: list[int] = []
+        for key, row in enumerate(stream):
+            if worker is not None and key % worker.num_workers != worker.id:
+                continue
+            try:
+                hq = decode_image(row[self.image_column])
+                lq = decode_image(row[self.lq_column]) if self.lq_column else None
+                item = self._crop(hq, lq, key)
+            except _DECODE_ERRORS:
+                item = None
+            if item is None:
+                skipped.append(key)
+                continue
+            item["skipped"], skipped = skipped, []
+            yield item
+
+
+def collate_sr_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack crops; `skipped` becomes the set of passed-over rows, `num_upsized` the count of enlarged sources."""
+    batch: dict[str, Any] = {"pixel_values": torch.stack([item["pixel_values"] for item in items])}
+    if "lq_pixel_values" in items[0]:
+        batch["lq_pixel_values"] = torch.stack([item["lq_pixel_values"] for item in items])
+    batch["skipped"] = sorted({key for item in items for key in item["skipped"]})
+    batch["num_upsized"] = sum(int(item["upsized"]) for item in items)
+    return batch
+
+
+def build_degradation(kind: str, scale: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """`"light"`, `"realesrgan"` (second-order Real-ESRGAN) or `"bicubic"`: `(hq, generator) -> lq` at 1/`scale`."""
+    if kind == "light":
+        return RealWorldDegradation(DegradationConfig.light(scale=scale))
+    if kind == "realesrgan":
+        return RealWorldDegradation(DegradationConfig(scale=scale))
+    if kind == "bicubic":
+        return lambda hq, generator=None: bicubic_degradation(hq, scale)
+    raise ValueError(f"--degradation must be one of {DEGRADATIONS}, got {kind!r}.")
+
+
+def lq_condition_pixels(lq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The LQ image resized to the output size, exactly as `TEASRPipeline` prepares it (bicubic, [0, 1])."""
+    return resize_images(lq, size)

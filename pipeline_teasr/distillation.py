@@ -1,0 +1,1202 @@
+# Copyright 2026 The TEASR authors. Licensed under the Apache License, Version 2.0.
+"""TEASR training objectives and the training machinery shared by `train_scripts/`.
+
+Objectives (what one training step computes):
+- `flow_matching_losses`: the s = t mode, the multi-step SR base (`train_flow_sr.py`).
+- `self_adversarial_losses`: self-adversarial distillation as the project brief defines it (`train_teasr_lora.py`):
+  L_flow + L_rec on z_s_hat + self-critic heads + optional self-consistency, with timestep-aware rectification.
+
+Machinery: loading the base (`load_training_pipeline`), LoRA setup, atomic checkpoints (`save_checkpoint`,
+`latest_checkpoint`), the non-finite-loss guard, and `run_training`, the accelerate loop both scripts use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .losses import (
+    CriticHeads,
+    call_with_frozen_parameters,
+    consistency_loss,
+    critic_hinge_loss,
+    default_critic_blocks,
+    flow_map_step,
+    flow_matching_loss,
+    generator_adversarial_loss,
+    interpolate,
+    jump_weight,
+    reconstruction_loss,
+    renoise,
+)
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_MARKER = "teasr_checkpoint.json"
+CRITIC_HEADS_FOLDER = "critic_heads"
+DEFAULT_LORA_LAYERS = ("to_q", "to_k", "to_v", "to_out.0", "img_mlp.net.0.proj", "img_mlp.net.2")
+
+
+# ====================================================================================================================
+# Timestep sampling
+# ====================================================================================================================
+
+
+def _rand(batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(batch_size, generator=generator, device=generator.device)
+
+
+def sample_flow_timesteps(
+    batch_size: int,
+    generator: torch.Generator,
+    scheme: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+) -> torch.Tensor:
+    """Levels t of the flow-matching loss: `"uniform"` on (0, 1) or SD3-style `"logit_normal"`."""
+    if scheme == "uniform":
+        return _rand(batch_size, generator).clamp(1e-4, 1.0)
+    if scheme == "logit_normal":
+        normal = torch.randn(batch_size, generator=generator, device=generator.device)
+        return torch.sigmoid(normal * logit_std + logit_mean)
+    raise ValueError(f"timestep sampling must be 'uniform' or 'logit_normal', got {scheme!r}.")
+
+
+def sample_generator_timesteps(
+    batch_size: int, generator: torch.Generator, config: DistillationConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generation steps `t -> s`.
+
+    Start level t: with rectification it covers the whole range any-step sampling uses, (min_timestep, 1], with an
+    extra point mass `one_step_start_prob` at t = 1 (one step from noise); without rectification t = 1.
+    Target s: 0 (one step to the clean image) or, with probability `anystep_prob`, uniform in [0, t).
+    """
+    if config.rectification:
+        uniform_t = config.min_timestep + (1.0 - config.min_timestep) * _rand(batch_size, generator)
+        start_at_one = _rand(batch_size, generator) < config.one_step_start_prob
+        t = torch.where(start_at_one, torch.ones_like(uniform_t), uniform_t)
+    else:
+        t = torch.ones(batch_size, device=generator.device)
+    anystep = _rand(batch_size, generator) < config.anystep_prob
+    s = torch.where(anystep, t * _rand(batch_size, generator), torch.zeros_like(t))
+    return t, s
+
+
+def sample_critic_timesteps(t: torch.Tensor, s: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Critic level tau in [s, t]: at or below the generation step's own level, at or above its output level."""
+    return s + (t - s) * _rand(t.shape[0], generator)
+
+
+# ====================================================================================================================
+# Objectives
+# ====================================================================================================================
+
+
+@dataclass
+class DistillationConfig:
+    """Weights and switches of self-adversarial distillation (each is a flag of `train_teasr_lora.py`).
+
+    Ablations: `rectification=False` (t = 1 only, unweighted losses); `reconstruction_only=True` (no critic);
+    `lambda_consistency=0` (no self-consistency); the coupled timestep is a transformer config switch.
+    """
+
+    lambda_flow: float = 1.0
+    lambda_rec: float = 1.0
+    lambda_adv: float = 0.1
+    lambda_critic: float = 1.0
+    lambda_consistency: float = 0.0
+    rectification: bool = True
+    reconstruction_only: bool = False
+    anystep_prob: float = 0.5
+    one_step_start_prob: float = 0.25
+    min_timestep: float = 0.02
+    reconstruction_loss: str = "l2"
+    adversarial_warmup_steps: int = 0
+    flow_timestep_sampling: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("anystep_prob", "one_step_start_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
+        if not 0.0 <= self.min_timestep < 1.0:
+            raise ValueError(f"min_timestep must lie in [0, 1), got {self.min_timestep}.")
+        for name in ("lambda_flow", "lambda_rec", "lambda_adv", "lambda_critic", "lambda_consistency"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+
+    @property
+    def uses_critic(self) -> bool:
+        return not self.reconstruction_only and self.lambda_adv > 0
+
+    def adversarial_weight(self, step: int) -> float:
+        """lambda_adv, ramped linearly over `adversarial_warmup_steps`."""
+        if self.adversarial_warmup_steps <= 0:
+            return self.lambda_adv
+        return self.lambda_adv * min(1.0, step / self.adversarial_warmup_steps)
+
+
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """Strip DDP / torch.compile wrappers."""
+    while hasattr(module, "module") and isinstance(module.module, nn.Module):
+        module = module.module
+    return getattr(module, "_orig_mod", module)
+
+
+def flow_matching_losses(
+    model: nn.Module,
+    z0: torch.Tensor,
+    c: torch.Tensor,
+    generator: torch.Generator,
+    scheme: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """One step of flow matching in the s = t mode: `{"loss", "flow"}`."""
+    eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(z0)
+    t = sample_flow_timesteps(z0.shape[0], generator, scheme, logit_mean, logit_std).to(z0.device)
+    u = model(interpolate(z0, eps, t), c, timestep=t, target_timestep=t).sample
+    loss = flow_matching_loss(u, z0, eps)
+    return {"loss": loss, "flow": loss.detach()}
+
+
+def self_adversarial_losses(
+    model: nn.Module,
+    z0: torch.Tensor,
+    c: torch.Tensor,
+    config: DistillationConfig,
+    generator: torch.Generator,
+    critic_heads: nn.Module | None = None,
+    step: int = 0,
+) -> dict[str, torch.Tensor]:
+    """One step of TEASR self-adversarial distillation; returns `"loss"` (to backpropagate) and detached terms.
+
+    Forward passes of the one network (no teacher, no discriminator, no second copy):
+    1. trainable, batched: the flow rows `u(z_t', c, t', t')` and the generator rows `u(z_t, c, t, s)`;
+    2. critic on real `z_s` renoised to tau, with no gradient at all;
+    3. critic on fake `z_s_hat` renoised to tau (same noise), parameters frozen so only the generator's output
+       receives gradient; the heads read both (their own hinge loss on detached states) and, frozen, score the fake
+       for the generator's `-mean(logit)`;
+    4. optional self-consistency teacher: two no-grad jumps `t -> m -> s`.
+    """
+    batch = z0.shape[0]
+    device = z0.device
+    backbone = unwrap_module(model)
+    n_blocks = len(backbone.transformer_blocks)
+
+    def randn() -> torch.Tensor:
+        return torch.randn(z0.shape, generator=generator, device=generator.device).to(z0)
+
+    # Flow rows: the model stays its own teacher (diffusion prior).
+    eps_flow = randn()
+    t_flow = sample_flow_timesteps(
+        batch, generator, config.flow_timestep_sampling, config.logit_mean, config.logit_std
+    )
+    # Generator rows: z_t -> z_s_hat.
+    eps = randn()
+    t, s = sample_generator_timesteps(batch, generator, config)
+    t_flow, t, s = t_flow.to(device), t.to(device), s.to(device)
+    z_t = interpolate(z0, eps, t)
+    u_all = model(
+        torch.cat([interpolate(z0, eps_flow, t_flow), z_t]),
+        torch.cat([c, c]),
+        timestep=torch.cat([t_flow, t]),
+        target_timestep=torch.cat([t_flow, s]),
+    ).sample
+    u_flow, u_gen = u_all.chunk(2)
+    loss_flow = flow_matching_loss(u_flow, z0, eps_flow)
+
+    z_s_hat = flow_map_step(z_t, u_gen, t, s)
+    z_s = interpolate(z0, eps, s)
+    weight = jump_weight(t, s, config.rectification)
+    loss_rec = reconstruction_loss(z_s_hat, z_s, weight, kind=config.reconstruction_loss)
+
+    zero = z0.new_zeros((), dtype=torch.float32)
+    loss_adv, loss_critic, loss_cons = zero, zero, zero
+    logits_real_mean, logits_fake_mean = zero, zero
+    if config.uses_critic:
+        if critic_heads is None:
+            raise ValueError("The adversarial term needs `critic_heads` (or reconstruction_only=True).")
+        blocks = unwrap_module(critic_heads).block_indices
+        if max(blocks) >= n_blocks:
+            raise ValueError(f"critic blocks {blocks} exceed the transformer's {n_blocks} blocks.")
+        tau = sample_critic_timesteps(t, s, generator).to(device)
+        noise = randn()
+        with torch.no_grad():
+            real_states = backbone(
+                renoise(z_s, s, tau, noise), c, timestep=tau, target_timestep=tau, output_hidden_states_at=blocks
+            ).block_hidden_states
+        fake_states = call_with_frozen_parameters(
+            backbone,
+            renoise(z_s_hat, s, tau, noise),
+            c,
+            timestep=tau,
+            target_timestep=tau,
+            output_hidden_states_at=blocks,
+        ).block_hidden_states
+        # Heads: hinge on detached states (real and fake in one call, so DDP sees a single forward).
+        head_logits = critic_heads([torch.cat([r, f.detach()]) for r, f in zip(real_states, fake_states)])
+        logits_real, logits_fake_detached = head_logits.chunk(2)
+        loss_critic = critic_hinge_loss(logits_real, logits_fake_detached)
+        # Generator: frozen heads, gradient reaches the generator's output only.
+        logits_fake = call_with_frozen_parameters(unwrap_module(critic_heads), list(fake_states))
+        loss_adv = generator_adversarial_loss(logits_fake, weight)
+        logits_real_mean, logits_fake_mean = logits_real.detach().float().mean(), logits_fake.detach().float().mean()
+
+    if config.lambda_consistency > 0:
+        m = s + (t - s) * _rand(batch, generator).to(device)
+        with torch.no_grad():
+            u_first = backbone(z_t, c, timestep=t, target_timestep=m).sample
+            z_m = flow_map_step(z_t, u_first, t, m)
+            u_second = backbone(z_m, c, timestep=m, target_timestep=s).sample
+            jump = (t - s).clamp_min(1e-4).view(-1, *([1] * (z0.ndim - 1)))
+            u_target = (
+                (t - m).view_as(jump) * u_first.float() + (m - s).view_as(jump) * u_second.float()
+            ) / jump.float()
+        loss_cons = consistency_loss(u_gen, u_target)
+
+    lambda_adv = config.adversarial_weight(step) if config.uses_critic else 0.0
+    total = (
+        config.lambda_flow * loss_flow
+        + config.lambda_rec * loss_rec
+        + lambda_adv * loss_adv
+        + config.lambda_critic * loss_critic
+        + config.lambda_consistency * loss_cons
+    )
+    return {
+        "loss": total,
+        "flow": loss_flow.detach(),
+        "rec": loss_rec.detach(),
+        "adv": loss_adv.detach(),
+        "critic": loss_critic.detach(),
+        "consistency": loss_cons.detach(),
+        "logits_real": logits_real_mean,
+        "logits_fake": logits_fake_mean,
+    }
+
+
+class FlowMatchingObjective:
+    """`run_training` objective of `train_flow_sr.py`: the s = t mode only."""
+
+    name = "flow_sr"
+
+    def __init__(self, scheme: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0):
+        self.scheme, self.logit_mean, self.logit_std = scheme, logit_mean, logit_std
+        self.modules: dict[str, nn.Module] = {}
+
+    def __call__(self, model, z0, c, generator, step) -> dict[str, torch.Tensor]:
+        return flow_matching_losses(model, z0, c, generator, self.scheme, self.logit_mean, self.logit_std)
+
+
+class SelfAdversarialObjective:
+    """`run_training` objective of `train_teasr_lora.py`: self-adversarial distillation with critic heads."""
+
+    name = "teasr"
+
+    def __init__(self, config: DistillationConfig, critic_heads: CriticHeads | None):
+        self.config = config
+        self.modules: dict[str, nn.Module] = {"critic_heads": critic_heads} if critic_heads is not None else {}
+
+    def __call__(self, model, z0, c, generator, step) -> dict[str, torch.Tensor]:
+        return self_adversarial_losses(
+            model, z0, c, self.config, generator, critic_heads=self.modules.get("critic_heads"), step=step
+        )
+
+
+def parse_critic_blocks(value: str, num_layers: int) -> tuple[int, ...]:
+    """`"auto"` -> `default_critic_blocks`; otherwise comma-separated block indices (negative counts from the end)."""
+    if value.strip().lower() == "auto":
+        return default_critic_blocks(num_layers)
+    try:
+        blocks = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as error:
+        raise ValueError(f"--critic_blocks must be 'auto' or comma-separated integers, got {value!r}.") from error
+    blocks = [b + num_layers if b < 0 else b for b in blocks]
+    if not blocks or min(blocks) < 0 or max(blocks) >= num_layers:
+        raise ValueError(f"--critic_blocks {value!r} must index blocks 0..{num_layers - 1}.")
+    return tuple(sorted(set(blocks)))
+
+
+# ====================================================================================================================
+# Loading the base model
+# ====================================================================================================================
+
+TEASR_PIPELINE_NAMES = ("TEASRPipeline",)
+QWEN_PIPELINE_NAMES = ("QwenImagePipeline", "QwenImageEditPipeline", "QwenImageEditPlusPipeline")
+TRANSFORMER_CLASS_NAMES = ("QwenImageTransformer2DModel", "TEASRTransformer2DModel")
+
+
+def _class_name(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            name = json.load(handle).get("_class_name")
+    except (OSError, ValueError):
+        return None
+    return name[-1] if isinstance(name, list) else name
+
+
+def load_vae(path: str, torch_dtype: torch.dtype | None = None):
+    """An `AutoencoderKLQwenImage` or `AutoencoderKL` folder (a `vae/` subfolder of a pipeline is looked into)."""
+    from diffusers import AutoencoderKL, AutoencoderKLQwenImage
+
+    if os.path.isdir(os.path.join(path, "vae")) and not os.path.isfile(os.path.join(path, "config.json")):
+        path = os.path.join(path, "vae")
+    vae_class = _class_name(os.path.join(path, "config.json"))
+    if vae_class not in ("AutoencoderKLQwenImage", "AutoencoderKL"):
+        raise ValueError(f"{path} is not an AutoencoderKLQwenImage or AutoencoderKL folder ({vae_class}).")
+    vae_type = AutoencoderKLQwenImage if vae_class == "AutoencoderKLQwenImage" else AutoencoderKL
+    return vae_type.from_pretrained(path, torch_dtype=torch_dtype)
+
+
+def load_training_pipeline(
+    path: str,
+    torch_dtype: torch.dtype | None = None,
+    vae_path: str | None = None,
+    cache_dir: str | None = None,
+):
+    """The base as a `TEASRPipeline` (text encoder left out: training uses the learned null prompt).
+
+    Accepts a TEASR pipeline folder or Hub id, a Qwen-Image(-Edit) pipeline folder, or a bare Qwen-Image / TEASR
+    transformer folder (then a VAE comes from `vae_path` unless the transformer works in pixel space). Anything else
+    raises one `ValueError` naming what was expected.
+    """
+    from diffusers import FlowMapEulerDiscreteScheduler
+
+    from .pipeline_teasr import TEASRPipeline
+    from .transformer_teasr import TEASRTransformer2DModel
+
+    expected = (
+        "expected a TEASR pipeline folder (model_index.json with TEASRPipeline), a Qwen-Image(-Edit) pipeline folder, "
+        "or a Qwen-Image transformer folder (config.json with _class_name QwenImageTransformer2DModel)"
+    )
+    vae = None if vae_path is None else load_vae(vae_path, torch_dtype)
+
+    if not os.path.isdir(path):
+        if os.path.exists(path) or path.startswith((".", "/", "~")):
+            raise ValueError(f"--pretrained_model_name_or_path {path!r} is not a folder: {expected}.")
+        try:  # A Hub id of a TEASR pipeline.
+            pipe = TEASRPipeline.from_pretrained(path, torch_dtype=torch_dtype, cache_dir=cache_dir)
+        except Exception as error:
+            raise ValueError(f"cannot load {path!r} from the Hub ({error}); {expected}.") from error
+        return pipe if vae is None else _replace_vae(pipe, vae)
+
+    index_name = _class_name(os.path.join(path, "model_index.json"))
+    config_name = _class_name(os.path.join(path, "config.json"))
+    if index_name in TEASR_PIPELINE_NAMES or index_name in QWEN_PIPELINE_NAMES:
+        extra = {} if vae is None else {"vae": vae}
+        if index_name in QWEN_PIPELINE_NAMES:
+            extra["scheduler"] = FlowMapEulerDiscreteScheduler()
+        pipe = TEASRPipeline.from_pretrained(path, torch_dtype=torch_dtype, text_encoder=None, tokenizer=None, **extra)
+        return pipe
+    if config_name in TRANSFORMER_CLASS_NAMES:
+        transformer = TEASRTransformer2DModel.from_pretrained(path, torch_dtype=torch_dtype)
+        if vae is None and transformer.out_channels != 3:
+            raise ValueError(
+                f"{path} holds a latent-space transformer ({transformer.out_channels} channels) and no VAE: pass "
+                "--pretrained_vae_model_name_or_path, or point at the full pipeline folder."
+            )
+        return TEASRPipeline(transformer=transformer, scheduler=FlowMapEulerDiscreteScheduler(), vae=vae)
+    found = index_name or config_name or "no model_index.json or config.json"
+    raise ValueError(f"--pretrained_model_name_or_path {path!r} ({found}) is not a usable base: {expected}.")
+
+
+def _replace_vae(pipe, vae):
+    pipe.register_modules(vae=vae)
+    return pipe
+
+
+# ====================================================================================================================
+# Checkpoints, guards
+# ====================================================================================================================
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints (`checkpoint-N` folders holding the marker) as sorted `(step, path)` pairs."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        match = CHECKPOINT_PATTERN.match(name)
+        path = os.path.join(output_dir, name)
+        if match and os.path.isfile(os.path.join(path, CHECKPOINT_MARKER)):
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """Path of the newest complete checkpoint, or None."""
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None = None) -> str:
+    """`accelerator.save_state` into a temporary folder, then an atomic rename to `checkpoint-{step}`.
+
+    Resume only considers folders with the marker file, written last, so a half-written checkpoint is never picked.
+    Older checkpoints beyond `total_limit` are removed only after the new one is in place.
+    """
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    temporary = os.path.join(output_dir, f".checkpoint-{step}.tmp")
+    if accelerator.is_main_process and os.path.isdir(temporary):
+        shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(temporary)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with open(os.path.join(temporary, CHECKPOINT_MARKER), "w", encoding="utf-8") as handle:
+            json.dump({"global_step": step}, handle)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        if total_limit is not None:
+            for _, old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def checkpoint_step(path: str) -> int:
+    with open(os.path.join(path, CHECKPOINT_MARKER), encoding="utf-8") as handle:
+        return int(json.load(handle)["global_step"])
+
+
+class NonFiniteGuard:
+    """Counts consecutive skipped (NaN/inf) steps; `update` raises once `max_bad_steps` are reached in a row."""
+
+    def __init__(self, max_bad_steps: int):
+        if max_bad_steps < 1:
+            raise ValueError(f"--max_bad_steps must be >= 1, got {max_bad_steps}.")
+        self.max_bad_steps = max_bad_steps
+        self.consecutive = 0
+        self.total = 0
+
+    def update(self, finite: bool, step: int) -> None:
+        if finite:
+            self.consecutive = 0
+            return
+        self.consecutive += 1
+        self.total += 1
+        if self.consecutive >= self.max_bad_steps:
+            raise FloatingPointError(
+                f"Stopping at step {step}: {self.consecutive} consecutive steps had a non-finite loss or gradient "
+                f"(--max_bad_steps {self.max_bad_steps}). Nothing was saved from the diverged state; lower "
+                "--learning_rate, enable --max_grad_norm, or resume from an earlier checkpoint."
+            )
+
+
+def assert_finite_parameters(*modules: nn.Module) -> None:
+    """Raise before saving if any trainable parameter holds NaN/inf."""
+    for module in modules:
+        for name, param in module.named_parameters():
+            if param.requires_grad and not torch.isfinite(param).all():
+                raise FloatingPointError(f"Refusing to save: parameter {name} holds NaN/inf values.")
+
+
+def step_seed(seed: int, *keys: int) -> int:
+    """Deterministic 63-bit seed from a base seed and counters (step, micro-step, process)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+# ====================================================================================================================
+# Command-line flags (shared by both scripts, named as in diffusers' examples)
+# ====================================================================================================================
+
+
+def add_common_training_args(parser: argparse.ArgumentParser) -> None:
+    """Flags both training scripts share."""
+    add = parser.add_argument
+    # Model.
+    add(
+        "--pretrained_model_name_or_path",
+        type=str,
+        default=None,
+        help="Base: a TEASR pipeline folder or Hub id, a Qwen-Image(-Edit) pipeline folder or transformer folder.",
+    )
+    add(
+        "--pretrained_vae_model_name_or_path",
+        type=str,
+        default=None,
+        help="VAE folder, for a bare latent-space transformer base.",
+    )
+    add("--full_finetune", action="store_true", help="Train every transformer weight instead of a LoRA.")
+    add("--rank", type=int, default=16, help="LoRA rank.")
+    add("--lora_alpha", type=int, default=16, help="LoRA alpha.")
+    add(
+        "--lora_layers",
+        type=str,
+        default=None,
+        help=f"Comma-separated module names that get LoRA (default: {','.join(DEFAULT_LORA_LAYERS)}).",
+    )
+    add(
+        "--coupled_timestep",
+        action="store_true",
+        help="Ablation: modulate the LQ branch with t too (decoupled_timestep=False in the transformer config).",
+    )
+    add("--gradient_checkpointing", action="store_true", help="Recompute block activations in the backward pass.")
+    # Data.
+    add("--train_data_dir", type=str, default=None, help="A local folder of images (🤗 datasets imagefolder).")
+    add("--dataset_name", type=str, default=None, help="A 🤗 Hub dataset name (or a local dataset script/folder).")
+    add("--dataset_config_name", type=str, default=None, help="The dataset config, if any.")
+    add("--streaming", action="store_true", help="Stream --dataset_name instead of downloading it.")
+    add("--image_column", type=str, default="image", help="Column holding the HQ images.")
+    add("--lq_column", type=str, default=None, help="Optional column of paired LQ images (no synthetic LQ then).")
+    add("--cache_dir", type=str, default=None, help="Where downloaded models and datasets are cached.")
+    add("--resolution", type=int, default=512, help="HQ crop size in pixels.")
+    add("--scale", type=int, default=4, help="Super-resolution factor of the synthetic LQ.")
+    add(
+        "--degradation",
+        type=str,
+        default="realesrgan",
+        choices=("light", "realesrgan", "bicubic"),
+        help="LQ synthesis: Real-ESRGAN second order, its light variant, or plain bicubic.",
+    )
+    add(
+        "--small_images",
+        type=str,
+        default="upsize",
+        choices=("upsize", "skip"),
+        help="Images smaller than --resolution: enlarge them or skip them (counted in the log either way).",
+    )
+    add("--random_flip", action="store_true", help="Random horizontal flips.")
+    add("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
+    # Optimisation.
+    add("--output_dir", type=str, default="teasr-output", help="Where checkpoints and the final weights go.")
+    add("--seed", type=int, default=0, help="Seed of everything (crops, degradations, noise, timesteps).")
+    add("--train_batch_size", type=int, default=4, help="Batch size per device.")
+    add("--num_train_epochs", type=int, default=1)
+    add("--max_train_steps", type=int, default=None, help="Total optimiser steps; overrides --num_train_epochs.")
+    add("--gradient_accumulation_steps", type=int, default=1)
+    add("--learning_rate", type=float, default=1e-4)
+    add("--scale_lr", action="store_true", help="Scale the learning rate by GPUs x accumulation x batch size.")
+    add(
+        "--lr_scheduler",
+        type=str,
+        default="constant",
+        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant" or "constant_with_warmup".',
+    )
+    add("--lr_warmup_steps", type=int, default=0)
+    add("--lr_num_cycles", type=int, default=1)
+    add("--lr_power", type=float, default=1.0)
+    add("--use_8bit_adam", action="store_true", help="bitsandbytes 8-bit AdamW (pip install bitsandbytes).")
+    add("--adam_beta1", type=float, default=0.9)
+    add("--adam_beta2", type=float, default=0.999)
+    add("--adam_weight_decay", type=float, default=1e-4)
+    add("--adam_epsilon", type=float, default=1e-8)
+    add("--max_grad_norm", type=float, default=1.0)
+    add(
+        "--max_bad_steps",
+        type=int,
+        default=10,
+        help="Stop after this many consecutive steps with a NaN/inf loss or gradient (each one is skipped).",
+    )
+    add(
+        "--timestep_sampling",
+        type=str,
+        default="uniform",
+        choices=("uniform", "logit_normal"),
+        help="Levels t of the flow-matching loss.",
+    )
+    add("--logit_mean", type=float, default=0.0)
+    add("--logit_std", type=float, default=1.0)
+    add(
+        "--mixed_precision",
+        type=str,
+        default=None,
+        choices=("no", "fp16", "bf16"),
+        help="Overrides the accelerate config. The frozen base (LoRA) is stored in this precision.",
+    )
+    add("--allow_tf32", action="store_true")
+    # Checkpoints, logging, validation, Hub.
+    add("--checkpointing_steps", type=int, default=500)
+    add("--checkpoints_total_limit", type=int, default=None)
+    add("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder, or "latest".')
+    add("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
+    add("--logging_dir", type=str, default="logs", help="TensorBoard folder, relative to --output_dir.")
+    add("--tracker_project_name", type=str, default=None)
+    add("--validation_image", type=str, nargs="+", default=None, help="LQ image(s) upscaled at each validation.")
+    add("--validation_steps", type=int, default=500, help="Validate every this many steps (and at the end).")
+    add("--validation_num_inference_steps", type=int, nargs="+", default=[1, 4])
+    add("--validation_start_timestep", type=float, default=None, help="Default: the pipeline's start level.")
+    add(
+        "--default_tile_size",
+        type=int,
+        default=None,
+        help="Tile size stored in a saved pixel-space pipeline (default: --resolution for models trained here).",
+    )
+    add(
+        "--default_start_timestep",
+        type=float,
+        default=None,
+        help="Start level stored in a saved pipeline (default: the base's).",
+    )
+    add("--push_to_hub", action="store_true", help="Upload the final weights with a model card.")
+    add("--hub_model_id", type=str, default=None)
+    add("--hub_token", type=str, default=None)
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    """Flag combinations that cannot work, reported before anything is loaded."""
+    if (args.train_data_dir is None) == (args.dataset_name is None):
+        raise ValueError("Pass exactly one of --train_data_dir or --dataset_name.")
+    if args.resolution % args.scale:
+        raise ValueError(f"--resolution ({args.resolution}) must be a multiple of --scale ({args.scale}).")
+    if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
+        raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a folder.")
+    for path in args.validation_image or []:
+        if not os.path.isfile(path):
+            raise ValueError(f"--validation_image {path!r} does not exist.")
+    if args.max_bad_steps < 1:
+        raise ValueError("--max_bad_steps must be >= 1.")
+
+
+# ====================================================================================================================
+# The training loop shared by train_flow_sr.py and train_teasr_lora.py
+# ====================================================================================================================
+
+
+def _flat_config(args: argparse.Namespace) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()}
+
+
+def _weight_dtype(mixed_precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def _lora_target_modules(lora_layers: str | None) -> list[str]:
+    if lora_layers is None:
+        return list(DEFAULT_LORA_LAYERS)
+    return [layer.strip() for layer in lora_layers.split(",") if layer.strip()]
+
+
+def _make_optimizer(args: argparse.Namespace, groups: list[dict]) -> torch.optim.Optimizer:
+    kwargs = {
+        "betas": (args.adam_beta1, args.adam_beta2),
+        "weight_decay": args.adam_weight_decay,
+        "eps": args.adam_epsilon,
+    }
+    if args.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as error:
+            raise ImportError("--use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`.") from error
+        return bnb.optim.AdamW8bit(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def write_model_card(args: argparse.Namespace, output_dir: str, kind: str, lora: bool) -> str:
+    """A README.md with YAML front matter describing what was trained and how to load it."""
+    base = args.pretrained_model_name_or_path or "trained from scratch"
+    load = (
+        "pipe = TEASRPipeline.from_pretrained(BASE)\npipe.load_lora_weights(REPO)"
+        if lora
+        else "pipe = TEASRPipeline.from_pretrained(REPO)"
+    )
+    title = "TEASR self-adversarial distillation" if kind == "teasr" else "TEASR flow-matching SR base"
+    flags = "\n".join(
+        f"- `--{k} {v}`"
+        for k, v in sorted(vars(args).items())
+        if k.startswith(("lambda_", "rank", "lora_alpha", "resolution", "scale", "degradation", "learning_rate"))
+        or k in ("max_train_steps", "coupled_timestep", "no_rectification", "reconstruction_only", "full_finetune")
+    )
+    text = f"""---
+license: apache-2.0
+library_name: diffusers
+base_model: {base}
+tags:
+- super-resolution
+- image-to-image
+- diffusers
+- diffusers-training
+- teasr
+{"- lora" if lora else ""}
+---
+
+# {title}
+
+{"LoRA weights" if lora else "A TEASR pipeline"} trained with `train_scripts/{
+        "train_teasr_lora.py" if kind == "teasr" else "train_flow_sr.py"
+    }` of the `pipeline_teasr` project. Base: `{base}`.
+
+## Use
+
+```python
+from PIL import Image
+from pipeline_teasr import TEASRPipeline
+
+BASE, REPO = "{base}", "{args.hub_model_id or output_dir}"
+{load}
+image = pipe(Image.open("lq.png"), upscale={args.scale}, num_inference_steps=1).images[0]
+```
+
+## Training settings
+
+{flags}
+"""
+    path = os.path.join(output_dir, "README.md")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+def run_training(
+    args: argparse.Namespace,
+    load_base: Callable[[argparse.Namespace, torch.dtype], object],
+    build_objective: Callable[[argparse.Namespace, nn.Module], FlowMatchingObjective | SelfAdversarialObjective],
+    extra_learning_rates: dict[str, float] | None = None,
+) -> str:
+    """Train with accelerate and save the result to `args.output_dir`; returns the output folder.
+
+    `load_base(args, torch_dtype)` returns a `TEASRPipeline` on the CPU (the frozen base of a LoRA is loaded
+    directly in the mixed-precision dtype); `build_objective(args, transformer)` the objective,
+    whose `modules` (e.g. the critic heads) are trained alongside the transformer.
+    """
+    from accelerate import Accelerator
+    from accelerate.logging import get_logger
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from diffusers import FlowMapEulerDiscreteScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+    from tqdm.auto import tqdm
+
+    from .data import (
+        SRCropDataset,
+        SRStreamingCropDataset,
+        build_degradation,
+        collate_sr_batch,
+        load_image_dataset,
+        lq_condition_pixels,
+    )
+    from .pipeline_teasr import TEASRPipeline
+
+    check_common_args(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
+    )
+    log = get_logger("teasr.train")
+    log.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    repo_id = None
+    if args.push_to_hub and accelerator.is_main_process:
+        from huggingface_hub import create_repo
+
+        repo_id = create_repo(
+            args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),
+            exist_ok=True,
+            token=args.hub_token,
+        ).repo_id
+
+    # ---- data and base: every bad input is reported here, before any training.
+    dataset = load_image_dataset(
+        train_data_dir=args.train_data_dir,
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        image_column=args.image_column,
+        lq_column=args.lq_column,
+        cache_dir=args.cache_dir,
+        streaming=args.streaming,
+    )
+    lora = not args.full_finetune
+    weight_dtype = _weight_dtype(accelerator.mixed_precision)
+    pipe = load_base(args, weight_dtype if lora else torch.float32)
+    transformer, vae = pipe.transformer, pipe.vae
+    if args.resolution % pipe.grid_multiple:
+        raise ValueError(
+            f"--resolution ({args.resolution}) must be a multiple of {pipe.grid_multiple} for this model."
+        )
+    if args.coupled_timestep:
+        transformer.register_to_config(decoupled_timestep=False)
+        if not args.full_finetune:
+            log.warning("--coupled_timestep with a LoRA: load the LoRA into a base with decoupled_timestep=False.")
+    vae_dtype = vae.dtype if vae is not None else None
+    if vae is not None:
+        vae.requires_grad_(False)
+        vae.to(accelerator.device, dtype=weight_dtype)
+    if lora:
+        from peft import LoraConfig
+
+        transformer.requires_grad_(False)
+        _move(transformer, accelerator.device, weight_dtype)
+        transformer.add_adapter(
+            LoraConfig(
+                r=args.rank,
+                lora_alpha=args.lora_alpha,
+                init_lora_weights="gaussian",
+                target_modules=_lora_target_modules(args.lora_layers),
+            )
+        )
+        cast_training_params(transformer, dtype=torch.float32)
+    else:
+        transformer.requires_grad_(True)
+        _move(transformer, accelerator.device, torch.float32)
+    if args.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    objective = build_objective(args, transformer)
+    extra_names = list(objective.modules)
+    extras = [objective.modules[name].to(accelerator.device) for name in extra_names]
+    degradation = build_degradation(args.degradation, args.scale)
+    default_tile_size = args.default_tile_size or pipe.config.default_tile_size
+    if default_tile_size is None and vae is None:
+        default_tile_size = args.resolution
+    default_start_timestep = args.default_start_timestep or pipe.config.get("default_start_timestep")
+    saved_defaults = {"default_tile_size": default_tile_size, "default_start_timestep": default_start_timestep}
+
+    # ---- optimiser, data loader, schedule.
+    learning_rate = args.learning_rate
+    if args.scale_lr:
+        learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    groups = [{"params": [p for p in transformer.parameters() if p.requires_grad], "lr": learning_rate}]
+    for name, module in zip(extra_names, extras):
+        lr = (extra_learning_rates or {}).get(name) or learning_rate
+        groups.append({"params": list(module.parameters()), "lr": lr})
+    optimizer = _make_optimizer(args, groups)
+
+    crop_kwargs = dict(
+        image_column=args.image_column,
+        lq_column=args.lq_column,
+        resolution=args.resolution,
+        scale=args.scale,
+        random_flip=args.random_flip,
+        small_images=args.small_images,
+        seed=args.seed,
+    )
+    if args.streaming:
+        if args.max_train_steps is None:
+            raise ValueError("--streaming needs --max_train_steps (a stream has no length).")
+        train_dataset = SRStreamingCropDataset(dataset, **crop_kwargs)
+        dataloader = torch.utils.data.DataLoader(
+            train_dataset,
+            batch_size=args.train_batch_size,
+            collate_fn=collate_sr_batch,
+            num_workers=args.dataloader_num_workers,
+        )
+    else:
+        train_dataset = SRCropDataset(dataset, **crop_kwargs)
+        dataloader = torch.utils.data.DataLoader(
+            train_dataset,
+            batch_size=args.train_batch_size,
+            shuffle=True,
+            collate_fn=collate_sr_batch,
+            num_workers=args.dataloader_num_workers,
+        )
+    max_train_steps = args.max_train_steps
+    if max_train_steps is None:
+        steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+        max_train_steps = args.num_train_epochs * steps_per_epoch
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+        num_cycles=args.lr_num_cycles,
+        power=args.lr_power,
+    )
+    prepared = accelerator.prepare(transformer, *extras, optimizer, dataloader, lr_scheduler)
+    transformer, extras = prepared[0], list(prepared[1 : 1 + len(extras)])
+    optimizer, dataloader, lr_scheduler = prepared[1 + len(extras) :]
+    objective.modules = dict(zip(extra_names, extras))
+    train_modules = [transformer, *extras]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if args.streaming:
+        # A stream is re-shuffled and replayed (epoch = pass over the stream) until max_train_steps.
+        steps_per_epoch, num_epochs = None, 2**31
+    else:
+        steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+        num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+
+    # ---- checkpoint format: LoRA / transformer / critic heads as safetensors, plus accelerate's optimiser state.
+    def save_model_hook(models, weights, output_dir):
+        for model in models:
+            model = unwrap_module(model)
+            if accelerator.is_main_process:
+                _save_trainable(model, output_dir, lora, TEASRPipeline)
+            if weights:
+                weights.pop()
+
+    def load_model_hook(models, input_dir):
+        while models:
+            _load_trainable(unwrap_module(models.pop()), input_dir, lora, TEASRPipeline)
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers(args.tracker_project_name or f"teasr-{objective.name}", config=_flat_config(args))
+        for name in os.listdir(args.output_dir):  # Stale half-written checkpoints of an interrupted run.
+            if name.startswith(".checkpoint-") and name.endswith(".tmp"):
+                shutil.rmtree(os.path.join(args.output_dir, name), ignore_errors=True)
+
+    global_step, first_epoch, resume_batches = 0, 0, 0
+    if args.resume_from_checkpoint:
+        path = (
+            latest_checkpoint(args.output_dir)
+            if args.resume_from_checkpoint == "latest"
+            else args.resume_from_checkpoint
+        )
+        if path is None:
+            log.info("No complete checkpoint in --output_dir; starting a new run.")
+        else:
+            if not os.path.isfile(os.path.join(path, CHECKPOINT_MARKER)):
+                raise ValueError(f"{path} is not a complete checkpoint (no {CHECKPOINT_MARKER}).")
+            accelerator.load_state(path)
+            global_step = checkpoint_step(path)
+            if steps_per_epoch is None:  # A stream cannot seek: continue on a freshly shuffled pass.
+                first_epoch = global_step
+            else:
+                first_epoch = global_step // steps_per_epoch
+                resume_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+            log.info(f"Resuming from checkpoint {path} at step {global_step} (epoch {first_epoch}).")
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    log.info(
+        f"***** Running {objective.name} training ({'LoRA' if lora else 'full'}) *****\n"
+        f"  examples = {'streaming' if args.streaming else len(dataset)}, "
+        f"epochs = {'until max_train_steps' if args.streaming else num_epochs}, "
+        f"batch per device = {args.train_batch_size}, total batch = {total_batch}, steps = {max_train_steps}"
+    )
+
+    def run_validation(step: int) -> None:
+        if not args.validation_image or not accelerator.is_main_process:
+            return
+        model = unwrap_module(transformer)
+        val_pipe = TEASRPipeline(
+            transformer=model,
+            scheduler=FlowMapEulerDiscreteScheduler.from_config(pipe.scheduler.config),
+            vae=vae,
+            **saved_defaults,
+        )
+        val_pipe.set_progress_bar_config(disable=True)
+        log_validation(val_pipe, args, accelerator, step, log)
+
+    guard = NonFiniteGuard(args.max_bad_steps)
+    progress = tqdm(
+        range(max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+    )
+    skipped_rows: set[int] = set()
+    upsized = 0
+    micro_step, window_bad = 0, False
+    losses: dict[str, torch.Tensor] = {}
+    try:
+        for epoch in range(first_epoch, num_epochs):
+            if global_step >= max_train_steps:
+                break
+            if hasattr(dataloader, "set_epoch"):
+                dataloader.set_epoch(epoch)
+            train_dataset.set_epoch(epoch)
+            loader = dataloader
+            if epoch == first_epoch and resume_batches:
+                loader = accelerator.skip_first_batches(dataloader, resume_batches)
+            batches_this_epoch = 0
+            for batch in loader:
+                batches_this_epoch += 1
+                skipped_rows.update(batch["skipped"])
+                upsized += batch["num_upsized"]
+                keys = (global_step, micro_step, accelerator.process_index)
+                noise_generator = torch.Generator(device=accelerator.device).manual_seed(step_seed(args.seed, *keys))
+                lq_generator = torch.Generator().manual_seed(step_seed(args.seed, *keys, 1))
+                with accelerator.accumulate(*train_modules):
+                    hq = batch["pixel_values"].to(accelerator.device)
+                    with torch.no_grad():
+                        if "lq_pixel_values" in batch:
+                            lq = batch["lq_pixel_values"].to(accelerator.device)
+                        else:
+                            lq = degradation(hq, generator=lq_generator)
+                        c = pipe.encode_images(lq_condition_pixels(lq, tuple(hq.shape[-2:]))).float()
+                        z0 = pipe.encode_images(hq).float()
+                    with accelerator.autocast():
+                        losses = objective(transformer, z0, c, noise_generator, global_step)
+                    flag = torch.isfinite(losses["loss"].detach()).float().reshape(1)
+                    if bool(accelerator.gather(flag).min() > 0):
+                        accelerator.backward(losses["loss"])
+                    else:
+                        window_bad = True
+                    micro_step += 1
+                    if accelerator.sync_gradients:
+                        if not window_bad:
+                            max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
+                            grad_norm = accelerator.clip_grad_norm_(params, max_norm)
+                            window_bad = grad_norm is not None and not math.isfinite(float(grad_norm))
+                        if not window_bad:
+                            optimizer.step()
+                        lr_scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+
+                if not accelerator.sync_gradients:
+                    continue
+                guard.update(not window_bad, global_step + 1)
+                global_step += 1
+                progress.update(1)
+                logs = {f"loss/{k}": float(v) for k, v in losses.items() if k != "loss"}
+                logs.update(
+                    {
+                        "loss/total": float(losses["loss"].detach()),
+                        "lr": lr_scheduler.get_last_lr()[0],
+                        "data/skipped_images": len(skipped_rows),
+                        "data/upsized_images": upsized,
+                        "train/skipped_steps": guard.total,
+                    }
+                )
+                if window_bad:
+                    log.warning(f"Step {global_step}: non-finite loss or gradient, update skipped.")
+                micro_step, window_bad = 0, False
+                progress.set_postfix(loss=logs["loss/total"], lr=logs["lr"])
+                accelerator.log(logs, step=global_step)
+                if global_step % args.checkpointing_steps == 0:
+                    assert_finite_parameters(*[unwrap_module(m) for m in train_modules])
+                    saved = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                    log.info(f"Saved checkpoint {saved}")
+                if args.validation_steps and global_step % args.validation_steps == 0:
+                    run_validation(global_step)
+                if global_step >= max_train_steps:
+                    break
+            if batches_this_epoch == 0:
+                raise ValueError("The training set yielded no readable image.")
+    except FloatingPointError as error:
+        log.error(str(error))
+        accelerator.end_training()
+        raise
+    progress.close()
+    if skipped_rows or upsized:
+        log.info(f"Data: {len(skipped_rows)} unreadable or skipped images, {upsized} crops from upsized images.")
+
+    # ---- final weights.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model = unwrap_module(transformer)
+        assert_finite_parameters(model, *[unwrap_module(m) for m in extras])
+        for name, module in zip(extra_names, extras):
+            unwrap_module(module).save_pretrained(os.path.join(args.output_dir, name))
+        if lora:
+            _save_trainable(model, args.output_dir, True, TEASRPipeline)
+        else:
+            if vae is not None:
+                vae.to(dtype=vae_dtype)
+            final = TEASRPipeline(
+                transformer=model,
+                scheduler=FlowMapEulerDiscreteScheduler.from_config(pipe.scheduler.config),
+                vae=vae,
+                **saved_defaults,
+            )
+            final.save_pretrained(args.output_dir)
+            if vae is not None:
+                vae.to(dtype=weight_dtype)
+        with open(os.path.join(args.output_dir, "training_args.json"), "w", encoding="utf-8") as handle:
+            json.dump(_flat_config(args), handle, indent=2)
+        write_model_card(args, args.output_dir, objective.name, lora)
+        log.info(f"Saved the final {'LoRA' if lora else 'pipeline'} to {args.output_dir}")
+        run_validation(global_step)
+        if repo_id is not None:
+            from huggingface_hub import upload_folder
+
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=args.output_dir,
+                commit_message="End of training",
+                ignore_patterns=["checkpoint-*", ".checkpoint-*", f"{args.logging_dir}/*"],
+                token=args.hub_token,
+            )
+    accelerator.end_training()
+    return args.output_dir
+
+
+def _move(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """`module.to(device, dtype)`, without diffusers' warning when the dtype does not change."""
+    module.to(device)
+    if module.dtype != dtype:
+        module.to(dtype=dtype)
+
+
+def _save_trainable(model: nn.Module, folder: str, lora: bool, pipeline_class) -> None:
+    """Write one trained module into a checkpoint (or final) folder."""
+    if isinstance(model, CriticHeads):
+        model.save_pretrained(os.path.join(folder, CRITIC_HEADS_FOLDER))
+    elif lora:
+        from diffusers.training_utils import _collate_lora_metadata
+        from peft.utils import get_peft_model_state_dict
+
+        pipeline_class.save_lora_weights(
+            folder,
+            transformer_lora_layers=get_peft_model_state_dict(model),
+            **_collate_lora_metadata({"transformer": model}),
+        )
+    else:
+        model.save_pretrained(os.path.join(folder, "transformer"))
+
+
+def _load_trainable(model: nn.Module, folder: str, lora: bool, pipeline_class) -> None:
+    """Inverse of `_save_trainable`, into the live module."""
+    if isinstance(model, CriticHeads):
+        model.load_state_dict(CriticHeads.from_pretrained(os.path.join(folder, CRITIC_HEADS_FOLDER)).state_dict())
+    elif lora:
+        from diffusers.utils import convert_unet_state_dict_to_peft
+        from peft import set_peft_model_state_dict
+
+        state = pipeline_class.lora_state_dict(folder)
+        state = {k[len("transformer.") :]: v for k, v in state.items() if k.startswith("transformer.")}
+        result = set_peft_model_state_dict(model, convert_unet_state_dict_to_peft(state), adapter_name="default")
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"The checkpoint's LoRA does not fit this model (unexpected keys {unexpected[:5]}).")
+    else:
+        loaded = type(model).from_pretrained(os.path.join(folder, "transformer"), torch_dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+
+
+def log_validation(pipe, args: argparse.Namespace, accelerator, step: int, log) -> list[str]:
+    """Upscale each `--validation_image` at every `--validation_num_inference_steps`; save PNGs and log them."""
+    from .data import decode_image
+
+    folder = os.path.join(args.output_dir, "validation")
+    os.makedirs(folder, exist_ok=True)
+    saved = []
+    for index, path in enumerate(args.validation_image):
+        image = decode_image(path)
+        for steps in args.validation_num_inference_steps:
+            generator = torch.Generator(device=accelerator.device).manual_seed(args.seed)
+            with torch.no_grad(), accelerator.autocast():
+                result = pipe(
+                    image,
+                    upscale=args.scale,
+                    num_inference_steps=steps,
+                    start_timestep=args.validation_start_timestep,
+                    generator=generator,
+                ).images[0]
+            out = os.path.join(folder, f"step-{step:06d}_image-{index}_{steps}-steps.png")
+            result.save(out)
+            saved.append(out)
+            array = np.asarray(result.convert("RGB"))
+            for tracker in accelerator.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_images(
+                        f"validation/image-{index}/{steps}-steps", array[None], step, dataformats="NHWC"
+                    )
+                elif tracker.name == "wandb":
+                    import wandb
+
+                    tracker.log({f"validation/image-{index}/{steps}-steps": wandb.Image(result)}, step=step)
+    log.info(f"Validation images: {', '.join(saved)}")
+    return saved

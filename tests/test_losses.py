@@ -1,0 +1,304 @@
+"""Unit tests of the TEASR training losses, timestep sampling and critic gradient routing (CPU, tiny model)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pipeline_teasr import TEASRTransformer2DModel, TEASRTransformerOutput
+from pipeline_teasr.distillation import (
+    CHECKPOINT_MARKER,
+    DistillationConfig,
+    NonFiniteGuard,
+    flow_matching_losses,
+    latest_checkpoint,
+    load_training_pipeline,
+    parse_critic_blocks,
+    sample_critic_timesteps,
+    sample_generator_timesteps,
+    self_adversarial_losses,
+)
+from pipeline_teasr.losses import (
+    CriticHeads,
+    call_with_frozen_parameters,
+    consistency_loss,
+    critic_hinge_loss,
+    default_critic_blocks,
+    flow_map_step,
+    flow_matching_loss,
+    generator_adversarial_loss,
+    interpolate,
+    jump_weight,
+    reconstruction_loss,
+    renoise,
+)
+
+from .conftest import TINY_PIXEL_CONFIG
+
+LOSS_TERMS = ("flow", "rec", "adv", "critic", "consistency")
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models run far faster on one thread, above all on a shared machine (no oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_transformer(seed: int = 0, **config) -> TEASRTransformer2DModel:
+    torch.manual_seed(seed)
+    model = TEASRTransformer2DModel(**{**TINY_PIXEL_CONFIG, **config})
+    with torch.no_grad():
+        model.proj_out.weight.mul_(20.0)  # visible outputs from the random init (as in conftest)
+    return model
+
+
+def tiny_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    z0 = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    c = (z0 + 0.3 * torch.randn(z0.shape, generator=g)).clamp(-1, 1)
+    return z0, c
+
+
+def random_heads(model: TEASRTransformer2DModel, seed: int = 1) -> CriticHeads:
+    heads = CriticHeads(model.inner_dim, default_critic_blocks(len(model.transformer_blocks)))
+    torch.manual_seed(seed)
+    for head in heads.heads:
+        nn.init.normal_(head[1].weight, std=0.5)
+    return heads
+
+
+class DetachedOutput(nn.Module):
+    """Wraps the backbone like DDP does (`.module`) but cuts the gradient path through the generator's output."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs) -> TEASRTransformerOutput:
+        return TEASRTransformerOutput(sample=self.module(*args, **kwargs).sample.detach())
+
+
+# ---------------------------------------------------------------------------------------------------- path algebra
+
+
+def test_exact_velocity_carries_the_path_exactly():
+    z0, eps = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4)
+    t, s = torch.tensor([1.0, 0.7, 0.3]), torch.tensor([0.0, 0.2, 0.1])
+    z_t = interpolate(z0, eps, t)
+    torch.testing.assert_close(flow_map_step(z_t, eps - z0, t, s), interpolate(z0, eps, s))
+    assert flow_matching_loss(eps - z0, z0, eps) == 0
+    assert flow_matching_loss(eps - z0 + 1.0, z0, eps) == pytest.approx(1.0)
+
+
+def test_renoise_reaches_the_marginal_of_the_higher_level():
+    g = torch.Generator().manual_seed(0)
+    n = 200_000
+    z0 = torch.full((n, 1), 0.5)
+    s, tau = torch.full((n,), 0.3), torch.full((n,), 0.8)
+    z_s = interpolate(z0, torch.randn(n, 1, generator=g), s)
+    z_tau = renoise(z_s, s, tau, torch.randn(n, 1, generator=g))
+    assert z_tau.mean().item() == pytest.approx((1 - 0.8) * 0.5, abs=0.01)
+    assert z_tau.std().item() == pytest.approx(0.8, abs=0.01)
+    # From s = 0 it is plain interpolation with the given noise.
+    noise = torch.randn(4, 1)
+    torch.testing.assert_close(renoise(z0[:4], torch.zeros(4), tau[:4], noise), interpolate(z0[:4], noise, tau[:4]))
+
+
+def test_weighted_losses_and_jump_weight():
+    pred, target = torch.zeros(2, 3, 2, 2), torch.ones(2, 3, 2, 2)
+    pred[1] = 1.0
+    assert reconstruction_loss(pred, target) == pytest.approx(0.5)
+    assert reconstruction_loss(pred, target, torch.tensor([0.5, 7.0])) == pytest.approx(0.25)
+    assert reconstruction_loss(pred - 1, target, kind="l1") == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        reconstruction_loss(pred, target, kind="huber")
+    t, s = torch.tensor([1.0, 0.5]), torch.tensor([0.0, 0.25])
+    torch.testing.assert_close(jump_weight(t, s), torch.tensor([1.0, 0.25]))
+    torch.testing.assert_close(jump_weight(t, s, rectification=False), torch.ones(2))
+    target_u = torch.randn(2, 3)
+    assert consistency_loss(target_u, target_u) == 0
+
+
+def test_hinge_and_generator_terms():
+    assert critic_hinge_loss(torch.full((2, 5), 2.0), torch.full((2, 5), -2.0)) == 0
+    assert critic_hinge_loss(torch.zeros(2, 5), torch.zeros(2, 5)) == pytest.approx(2.0)
+    logits = torch.tensor([[1.0, 3.0], [-2.0, 0.0]])
+    assert generator_adversarial_loss(logits) == pytest.approx(-0.5)
+    assert generator_adversarial_loss(logits, torch.tensor([1.0, 0.0])) == pytest.approx(-1.0)
+
+
+# ---------------------------------------------------------------------------------------------------- critic heads
+
+
+def test_critic_heads_shapes_blocks_and_roundtrip(tmp_path):
+    assert default_critic_blocks(2) == (0, 1)
+    assert default_critic_blocks(60) == (14, 29, 44)
+    assert parse_critic_blocks("auto", 8) == default_critic_blocks(8)
+    assert parse_critic_blocks("3,-1,3", 8) == (3, 7)
+    for bad in ("8", "x", ""):
+        with pytest.raises(ValueError):
+            parse_critic_blocks(bad, 8)
+    heads = CriticHeads(32, (0, 1))
+    logits = heads([torch.randn(2, 16, 32), torch.randn(2, 16, 32)])
+    assert logits.shape == (2, 32) and torch.all(logits == 0)  # zero-initialised output layer
+    nn.init.normal_(heads.heads[1][1].weight)
+    heads.save_pretrained(tmp_path)
+    loaded = CriticHeads.from_pretrained(tmp_path)
+    assert loaded.block_indices == (0, 1)
+    states = [torch.randn(1, 4, 32), torch.randn(1, 4, 32)]
+    torch.testing.assert_close(loaded(states), heads(states))
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_frozen_call_gives_gradient_to_inputs_only(checkpointing):
+    model = tiny_transformer()
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    z0, c = tiny_batch()
+    x = z0.clone().requires_grad_(True)
+    out = call_with_frozen_parameters(model, x, c, timestep=torch.full((2,), 0.5), output_hidden_states_at=(0, 1))
+    (out.sample.square().mean() + sum(h.mean() for h in out.block_hidden_states)).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+    # The same call without freezing does reach the parameters (the check above can fail).
+    model(x, c, timestep=torch.full((2,), 0.5)).sample.square().mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------- timesteps
+
+
+def test_rectified_timesteps_cover_the_any_step_range():
+    g = torch.Generator().manual_seed(0)
+    config = DistillationConfig(anystep_prob=0.5, one_step_start_prob=0.25, min_timestep=0.02)
+    t, s = sample_generator_timesteps(4000, g, config)
+    assert t.min() >= 0.02 and t.max() == 1.0 and (t < 0.2).float().mean() > 0.1
+    assert (t == 1).float().mean() == pytest.approx(0.25 + 0.75 * 0.0, abs=0.03)
+    assert torch.all(s < t) and (s == 0).float().mean() == pytest.approx(0.5, abs=0.03)
+    tau = sample_critic_timesteps(t, s, g)
+    assert torch.all(tau >= s) and torch.all(tau <= t)
+    t_plain, _ = sample_generator_timesteps(100, g, DistillationConfig(rectification=False))
+    assert torch.all(t_plain == 1)
+    with pytest.raises(ValueError):
+        DistillationConfig(anystep_prob=1.5)
+    assert DistillationConfig(lambda_adv=0.2, adversarial_warmup_steps=10).adversarial_weight(5) == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------------------------------- objectives
+
+
+@pytest.mark.parametrize(
+    "config_kwargs, model_kwargs",
+    [
+        ({}, {}),
+        ({"lambda_consistency": 1.0}, {}),
+        ({"rectification": False}, {}),
+        ({"reconstruction_only": True, "lambda_adv": 0.0}, {}),
+        ({}, {"decoupled_timestep": False}),
+    ],
+    ids=["default", "consistency", "no_rectification", "reconstruction_only", "coupled"],
+)
+def test_every_loss_term_is_finite_and_trains(config_kwargs, model_kwargs):
+    model = tiny_transformer(**model_kwargs)
+    config = DistillationConfig(**config_kwargs)
+    heads = random_heads(model) if config.uses_critic else None
+    z0, c = tiny_batch()
+    losses = self_adversarial_losses(model, z0, c, config, torch.Generator().manual_seed(0), critic_heads=heads)
+    assert set(LOSS_TERMS) <= set(losses)
+    for name in ("loss", *LOSS_TERMS):
+        assert torch.isfinite(losses[name]), name
+    assert losses["flow"] > 0 and losses["rec"] > 0
+    assert (losses["critic"] > 0) == config.uses_critic
+    assert (losses["consistency"] > 0) == (config.lambda_consistency > 0)
+    losses["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    flow = flow_matching_losses(model, z0, c, torch.Generator().manual_seed(0))
+    assert torch.isfinite(flow["loss"]) and flow["loss"].requires_grad
+
+
+def _grad_total(module: nn.Module) -> float:
+    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+
+def test_critic_hinge_pass_trains_the_heads_only():
+    model = tiny_transformer()
+    heads = random_heads(model)
+    config = DistillationConfig(lambda_flow=0, lambda_rec=0, lambda_adv=1.0, adversarial_warmup_steps=10)
+    z0, c = tiny_batch()
+    # step 0 of the warm-up: the generator's adversarial weight is 0, only the heads' hinge loss remains.
+    losses = self_adversarial_losses(model, z0, c, config, torch.Generator().manual_seed(0), heads, step=0)
+    losses["loss"].backward()
+    assert _grad_total(heads) > 0
+    assert _grad_total(model) == 0
+
+
+def test_generator_adversarial_term_reaches_the_generator_through_its_output_only():
+    model = tiny_transformer()
+    heads = random_heads(model)
+    config = DistillationConfig(lambda_flow=0, lambda_rec=0, lambda_critic=0, lambda_adv=1.0)
+    z0, c = tiny_batch()
+    losses = self_adversarial_losses(model, z0, c, config, torch.Generator().manual_seed(0), heads)
+    losses["loss"].backward()
+    assert _grad_total(model) > 0  # the generator learns from the critic
+    assert _grad_total(heads) == 0  # the heads are frozen in the generator's term
+    # Cut the generator's output from the graph: the critic's own backbone pass must then give the backbone nothing.
+    model.zero_grad(set_to_none=True)
+    cut = self_adversarial_losses(DetachedOutput(model), z0, c, config, torch.Generator().manual_seed(0), heads)
+    assert torch.isfinite(cut["adv"]) and cut["adv"] != 0
+    cut["loss"].backward()
+    assert _grad_total(model) == 0
+
+
+def test_adversarial_routing_with_gradient_checkpointing():
+    model = tiny_transformer()
+    model.enable_gradient_checkpointing()
+    heads = random_heads(model)
+    config = DistillationConfig(lambda_flow=0, lambda_rec=0, lambda_critic=1.0, lambda_adv=1.0)
+    z0, c = tiny_batch()
+    cut = self_adversarial_losses(DetachedOutput(model), z0, c, config, torch.Generator().manual_seed(0), heads)
+    cut["loss"].backward()
+    assert _grad_total(heads) > 0 and _grad_total(model) == 0
+
+
+# ---------------------------------------------------------------------------------------------------- machinery
+
+
+def test_non_finite_guard_stops_after_consecutive_bad_steps():
+    guard = NonFiniteGuard(2)
+    guard.update(False, 1)
+    guard.update(True, 2)  # a good step resets the count
+    guard.update(False, 3)
+    with pytest.raises(FloatingPointError, match="2 consecutive"):
+        guard.update(False, 4)
+    assert guard.total == 3
+
+
+def test_latest_checkpoint_ignores_incomplete_ones(tmp_path):
+    for step, complete in ((2, True), (10, True), (12, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / CHECKPOINT_MARKER).write_text("{}")
+    (tmp_path / ".checkpoint-14.tmp").mkdir()
+    assert latest_checkpoint(str(tmp_path)) == os.path.join(str(tmp_path), "checkpoint-10")
+    assert latest_checkpoint(str(tmp_path / "missing")) is None
+
+
+def test_base_that_is_not_a_model_is_one_clear_error(tmp_path, tiny_pipeline_dir):
+    with pytest.raises(ValueError, match="not a usable base"):
+        load_training_pipeline(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    with pytest.raises(ValueError, match="UNet2DModel"):
+        load_training_pipeline(str(tmp_path))
+    with pytest.raises(ValueError, match="not a folder"):
+        load_training_pipeline(str(tmp_path / "nothing"))
+    pipe = load_training_pipeline(tiny_pipeline_dir)
+    assert pipe.transformer.config.num_layers == TINY_PIXEL_CONFIG["num_layers"]
+    bare = load_training_pipeline(os.path.join(tiny_pipeline_dir, "transformer"))  # a bare transformer folder
+    assert bare.vae is None and bare.transformer.out_channels == 3

@@ -1,0 +1,355 @@
+"""End-to-end tests of train_scripts/ on a tiny model and a tiny image folder (CPU, a few steps each)."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline_teasr import TEASRPipeline
+from pipeline_teasr.data import SRCropDataset, collate_sr_batch, decode_image, load_image_dataset
+from pipeline_teasr.distillation import CHECKPOINT_MARKER
+from pipeline_teasr.losses import CriticHeads
+
+from .conftest import TINY_PIXEL_CONFIG, random_photo
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "train_scripts"
+LOSS_TAGS = ("loss/flow", "loss/rec", "loss/adv", "loss/critic", "loss/consistency", "loss/total")
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models run far faster on one thread, above all on a shared machine (no oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    """Five photos, one smaller than the crop (upsized) and one corrupt file (skipped)."""
+    folder = tmp_path_factory.mktemp("photos")
+    for i, (h, w) in enumerate([(40, 48), (48, 40), (36, 52), (64, 40), (44, 44)]):
+        random_photo(h, w, seed=i).save(folder / f"photo_{i}.png")
+    random_photo(20, 24, seed=7).save(folder / "small.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def validation_image(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("val") / "lq.png"
+    random_photo(6, 8, seed=11).save(path)
+    return str(path)
+
+
+@pytest.fixture()
+def hf_cache(tmp_path, monkeypatch) -> str:
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return str(cache)
+
+
+def common_args(
+    photo_folder: Path, output_dir: Path, cache: str, steps: int, degradation: str = "bicubic"
+) -> list[str]:
+    return [
+        "--train_data_dir", str(photo_folder),
+        "--output_dir", str(output_dir),
+        "--cache_dir", cache,
+        "--resolution", "16",
+        "--scale", "4",
+        "--degradation", degradation,
+        "--train_batch_size", "2",
+        "--max_train_steps", str(steps),
+        "--learning_rate", "1e-3",
+        "--seed", "0",
+    ]  # fmt: skip
+
+
+def launch(script: str, args: list[str], cwd: Path) -> subprocess.Popen:
+    """Start `accelerate launch` of a training script in a subprocess, the way users run it."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(SCRIPTS / script), *args,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-8000:]
+    return output
+
+
+def script_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_in_process(name: str, args: list[str]) -> None:
+    """Run a script's `main` in this process (fast); the accelerate singletons are reset afterwards."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    module = script_module(name)
+    try:
+        module.main(module.parse_args(args))
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+
+def tensorboard_scalars(output_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[float]] = {}
+    for events in glob.glob(str(output_dir / "logs" / "**" / "events.out.tfevents.*"), recursive=True):
+        accumulator = EventAccumulator(events)
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(e.value for e in accumulator.Scalars(tag))
+    return scalars
+
+
+def upscale(pipe: TEASRPipeline, image: str) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return pipe(PIL.Image.open(image), upscale=4, num_inference_steps=1, generator=generator, output_type="pt").images
+
+
+# ------------------------------------------------------------------------------------------------------ scripts
+
+
+def test_both_scripts_run_through_accelerate_launch(
+    photo_folder, validation_image, tiny_pipeline_dir, tiny_pipeline, tmp_path
+):
+    # Both launches run side by side: most of their time is importing torch and diffusers.
+    flow_out, lora_out = tmp_path / "flow", tmp_path / "lora"
+    flow = launch(
+        "train_flow_sr.py",
+        [
+            *common_args(photo_folder, flow_out, str(tmp_path / "cache_flow"), steps=2, degradation="light"),
+            "--full_finetune",
+            "--model_config",
+            json.dumps(TINY_PIXEL_CONFIG),
+            "--checkpointing_steps",
+            "2",
+            "--validation_image",
+            validation_image,
+            "--validation_steps",
+            "100",
+        ],  # fmt: skip
+        cwd=tmp_path,
+    )
+    lora = launch(
+        "train_teasr_lora.py",
+        [
+            *common_args(photo_folder, lora_out, str(tmp_path / "cache_lora"), steps=3, degradation="light"),
+            "--pretrained_model_name_or_path",
+            tiny_pipeline_dir,
+            "--rank",
+            "4",
+            "--lora_alpha",
+            "4",
+            "--lambda_consistency",
+            "0.5",
+            "--checkpointing_steps",
+            "2",
+            "--validation_image",
+            validation_image,
+            "--validation_steps",
+            "2",
+            "--validation_num_inference_steps",
+            "1",
+            "4",
+        ],  # fmt: skip
+        cwd=tmp_path,
+    )
+    flow_log, _ = finish(flow), finish(lora)
+
+    # Flow matching from scratch: a loadable pipeline at the output root, tiled at the training size.
+    assert "1 unreadable or skipped images" in flow_log and "crops from upsized images" in flow_log
+    pipe = TEASRPipeline.from_pretrained(flow_out)
+    assert pipe.transformer.config.num_layers == TINY_PIXEL_CONFIG["num_layers"]
+    assert pipe.config.default_tile_size == 16
+    assert upscale(pipe, validation_image).shape == (1, 3, 24, 32)
+    assert os.path.isfile(flow_out / "checkpoint-2" / CHECKPOINT_MARKER)
+    assert sorted(os.listdir(flow_out / "validation")) == [
+        "step-000002_image-0_1-steps.png",
+        "step-000002_image-0_4-steps.png",
+    ]
+    scalars = tensorboard_scalars(flow_out)
+    assert len(scalars["loss/flow"]) == 2 and all(math.isfinite(v) for v in scalars["loss/flow"])
+    assert scalars["data/skipped_images"][-1] == 1
+
+    # Distillation: every loss term logged and finite at every step.
+    scalars = tensorboard_scalars(lora_out)
+    for tag in LOSS_TAGS:
+        assert len(scalars[tag]) == 3 and all(math.isfinite(v) for v in scalars[tag]), tag
+    assert scalars["loss/critic"][0] > 0 and scalars["loss/consistency"][0] > 0
+    # The LoRA is in diffusers format at the output root and changes the pipeline's output.
+    pipe = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
+    before = upscale(pipe, validation_image)
+    pipe.load_lora_weights(str(lora_out))
+    after = upscale(pipe, validation_image)
+    assert (after - before).abs().max() > 1e-4
+    # Critic heads are saved apart; the checkpoint is complete; validation ran at 1 and 4 steps.
+    heads = CriticHeads.from_pretrained(lora_out / "critic_heads")
+    assert heads.block_indices == (0, 1) and heads.hidden_dim == tiny_pipeline.transformer.inner_dim
+    assert {
+        "critic_heads", "optimizer.bin", "pytorch_lora_weights.safetensors", "scheduler.bin", CHECKPOINT_MARKER
+    } <= set(os.listdir(lora_out / "checkpoint-2"))  # fmt: skip
+    validation = set(os.listdir(lora_out / "validation"))
+    assert {"step-000002_image-0_1-steps.png", "step-000003_image-0_4-steps.png"} <= validation
+
+
+def test_resume_continues_at_the_right_step_with_identical_state(photo_folder, tiny_pipeline_dir, tmp_path, caplog):
+    def args(out: Path, steps: int) -> list[str]:
+        return [
+            *common_args(photo_folder, out, str(tmp_path / "cache"), steps),
+            "--pretrained_model_name_or_path", tiny_pipeline_dir, "--train_batch_size", "3", "--rank", "4",
+            "--lora_alpha", "4", "--checkpointing_steps", "2", "--report_to", "none",
+        ]  # fmt: skip
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_in_process("train_teasr_lora", args(straight, 4))
+    run_in_process("train_teasr_lora", args(resumed, 2))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_in_process("train_teasr_lora", [*args(resumed, 4), "--resume_from_checkpoint", "latest"])
+    assert "at step 2 (epoch 0)" in caplog.text  # 7 rows / batch 3: mid-epoch, and the run crosses into epoch 1
+
+    a = torch.load(straight / "checkpoint-4" / "optimizer.bin", weights_only=False)
+    b = torch.load(resumed / "checkpoint-4" / "optimizer.bin", weights_only=False)
+    assert a["state"].keys() == b["state"].keys()
+    for key in a["state"]:
+        assert float(a["state"][key]["step"]) == float(b["state"][key]["step"]) == 4
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(a["state"][key][name], b["state"][key][name], rtol=0, atol=1e-7)
+    for file in ("pytorch_lora_weights.safetensors", "critic_heads/critic_heads.safetensors"):
+        x, y = load_file(straight / file), load_file(resumed / file)
+        for key in x:
+            torch.testing.assert_close(x[key], y[key], rtol=0, atol=1e-7)
+
+
+def test_full_finetune_distillation_saves_a_loadable_pipeline(photo_folder, tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "full"
+    run_in_process(
+        "train_teasr_lora",
+        [
+            *common_args(photo_folder, out, str(tmp_path / "cache"), steps=1),
+            "--report_to",
+            "none",
+            "--pretrained_model_name_or_path",
+            tiny_pipeline_dir,
+            "--full_finetune",
+            "--coupled_timestep",
+        ],  # fmt: skip
+    )
+    pipe = TEASRPipeline.from_pretrained(out)
+    base = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
+    assert pipe.transformer.config.decoupled_timestep is False
+    assert not torch.equal(pipe.transformer.proj_out.weight, base.transformer.proj_out.weight)
+    assert os.path.isfile(out / "critic_heads" / "critic_heads.safetensors")
+
+
+# ------------------------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "bad"
+    base = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--report_to", "none"]
+    args = common_args(photo_folder, out, str(tmp_path / "cache"), steps=2)
+    with pytest.raises(ValueError, match="--image_column 'pixels' is not a column"):
+        run_in_process("train_teasr_lora", [*args, *base, "--image_column", "pixels"])
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    with pytest.raises(ValueError, match="not a usable base"):
+        run_in_process("train_teasr_lora", [*args, "--pretrained_model_name_or_path", str(not_a_model)])
+    assert not glob.glob(str(out / "checkpoint-*")) and not glob.glob(str(out / "*.safetensors"))
+
+
+def test_diverging_run_stops_and_saves_nothing(photo_folder, tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "nan"
+    args = [
+        *common_args(photo_folder, out, str(tmp_path / "cache"), steps=6),
+        "--pretrained_model_name_or_path", tiny_pipeline_dir, "--report_to", "none", "--full_finetune",
+        "--learning_rate", "1e30", "--max_grad_norm", "0", "--max_bad_steps", "2", "--checkpointing_steps", "1",
+    ]  # fmt: skip
+    with pytest.raises(FloatingPointError, match="2 consecutive steps"):
+        run_in_process("train_teasr_lora", args)
+    # No final weights; checkpoints (of skipped steps too) hold the last finite weights only.
+    assert not os.path.exists(out / "model_index.json")
+    assert len(glob.glob(str(out / "checkpoint-*"))) <= 2
+    for path in glob.glob(str(out / "**" / "*.safetensors"), recursive=True):
+        assert all(torch.isfinite(v).all() for v in load_file(path).values()), path
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+def test_dataset_skips_corrupt_upsizes_small_and_is_seeded(photo_folder, hf_cache):
+    dataset = load_image_dataset(train_data_dir=str(photo_folder), cache_dir=hf_cache)
+    crops = SRCropDataset(dataset, resolution=32, scale=4, random_flip=True, seed=3)  # 20x24 gets upsized
+    items = [crops[i] for i in range(len(crops))]
+    batch = collate_sr_batch(items)
+    assert batch["pixel_values"].shape == (7, 3, 32, 32)
+    assert len(batch["skipped"]) == 1 and batch["num_upsized"] >= 1
+    assert 0.0 <= batch["pixel_values"].min() and batch["pixel_values"].max() <= 1.0
+    again = SRCropDataset(dataset, resolution=32, scale=4, random_flip=True, seed=3)
+    assert torch.equal(again[0]["pixel_values"], items[0]["pixel_values"])
+    again.set_epoch(1)
+    assert not all(torch.equal(again[i]["pixel_values"], items[i]["pixel_values"]) for i in range(len(again)))
+    with pytest.raises(ValueError, match="--lq_column 'lq'"):
+        load_image_dataset(train_data_dir=str(photo_folder), lq_column="lq", cache_dir=hf_cache)
+    with pytest.raises(ValueError, match="exactly one"):
+        load_image_dataset(cache_dir=hf_cache)
+
+
+def test_paired_crops_are_aligned(tmp_path):
+    from datasets import Dataset, Image
+
+    hq = random_photo(64, 48, seed=1)
+    lq = hq.resize((12, 16), PIL.Image.BICUBIC)
+    hq.save(tmp_path / "hq.png")
+    lq.save(tmp_path / "lq.png")
+    dataset = Dataset.from_dict({"image": [str(tmp_path / "hq.png")], "lq": [str(tmp_path / "lq.png")]})
+    dataset = dataset.cast_column("image", Image(decode=False)).cast_column("lq", Image(decode=False))
+    item = SRCropDataset(dataset, lq_column="lq", resolution=32, scale=4, seed=0)[0]
+    assert item["lq_pixel_values"].shape == (3, 8, 8)
+    down = torch.nn.functional.interpolate(item["pixel_values"][None], size=(8, 8), mode="area")[0]
+    assert (down - item["lq_pixel_values"]).abs().mean() < 0.05  # the LQ crop shows the same place
+    with pytest.raises(ValueError, match="cannot read"):
+        decode_image(3.5)
+    assert decode_image(PIL.Image.fromarray(np.zeros((4, 4), np.uint16))).mode == "RGB"
+
+
+def test_streaming_dataset_replays_until_max_train_steps(photo_folder, tmp_path):
+    out = tmp_path / "stream"
+    args = common_args(photo_folder, out, str(tmp_path / "cache"), steps=5)
+    args[args.index("--train_data_dir")] = "--dataset_name"  # a local folder through load_dataset(streaming=True)
+    run_in_process(
+        "train_flow_sr",
+        [*args, "--streaming", "--full_finetune", "--model_config", json.dumps(TINY_PIXEL_CONFIG)],
+    )
+    scalars = tensorboard_scalars(out)
+    assert len(scalars["loss/flow"]) == 5  # 6 readable rows / batch 2 = 3 batches per pass: the stream was replayed
+    assert TEASRPipeline.from_pretrained(out).transformer.config.num_layers == TINY_PIXEL_CONFIG["num_layers"]
