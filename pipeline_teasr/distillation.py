@@ -358,7 +358,7 @@ def load_vae(path: str, torch_dtype: torch.dtype | None = None):
     if vae_class not in ("AutoencoderKLQwenImage", "AutoencoderKL"):
         raise ValueError(f"{path} is not an AutoencoderKLQwenImage or AutoencoderKL folder ({vae_class}).")
     vae_type = AutoencoderKLQwenImage if vae_class == "AutoencoderKLQwenImage" else AutoencoderKL
-    return vae_type.from_pretrained(path, torch_dtype=torch_dtype)
+    return vae_type.from_pretrained(path, torch_dtype=torch_dtype, use_safetensors=True)
 
 
 def load_training_pipeline(
@@ -402,7 +402,7 @@ def load_training_pipeline(
         pipe = TEASRPipeline.from_pretrained(path, torch_dtype=torch_dtype, text_encoder=None, tokenizer=None, **extra)
         return pipe
     if config_name in TRANSFORMER_CLASS_NAMES:
-        transformer = TEASRTransformer2DModel.from_pretrained(path, torch_dtype=torch_dtype)
+        transformer = TEASRTransformer2DModel.from_pretrained(path, torch_dtype=torch_dtype, use_safetensors=True)
         if vae is None and transformer.out_channels != 3:
             raise ValueError(
                 f"{path} holds a latent-space transformer ({transformer.out_channels} channels) and no VAE: pass "
@@ -459,13 +459,22 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
         with open(os.path.join(temporary, CHECKPOINT_MARKER), "w", encoding="utf-8") as handle:
             json.dump({"global_step": step}, handle)
         if os.path.isdir(final):
-            shutil.rmtree(final)
+            remove_checkpoint(final)
         os.replace(temporary, final)
         if total_limit is not None:
             for _, old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_checkpoint(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def remove_checkpoint(path: str) -> None:
+    """Delete a checkpoint folder, its marker first: a kill midway leaves an incomplete folder that resume ignores,
+    never one that still looks complete with files missing (`shutil.rmtree` may reach the marker last)."""
+    marker = os.path.join(path, CHECKPOINT_MARKER)
+    if os.path.isfile(marker):
+        os.remove(marker)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def checkpoint_step(path: str) -> int:
@@ -1162,7 +1171,9 @@ def _load_trainable(model: nn.Module, folder: str, lora: bool, pipeline_class) -
         if unexpected:
             raise ValueError(f"The checkpoint's LoRA does not fit this model (unexpected keys {unexpected[:5]}).")
     else:
-        loaded = type(model).from_pretrained(os.path.join(folder, "transformer"), torch_dtype=torch.float32)
+        loaded = type(model).from_pretrained(
+            os.path.join(folder, "transformer"), torch_dtype=torch.float32, use_safetensors=True
+        )
         model.load_state_dict(loaded.state_dict())
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
+import safetensors
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderKLQwenImage, FlowMapEulerDiscreteScheduler
@@ -504,6 +505,20 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         pipe = cls(**components)
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
         return pipe
+
+    @classmethod
+    def lora_state_dict(cls, pretrained_model_name_or_path_or_dict, **kwargs):
+        """`QwenImageLoraLoaderMixin.lora_state_dict` (behind `load_lora_weights`), safetensors only: diffusers
+        would fall back to unpickling a `.bin` LoRA; here a pickled LoRA is refused instead."""
+        if not isinstance(pretrained_model_name_or_path_or_dict, dict):
+            weight_name = kwargs.get("weight_name")
+            if weight_name is not None and not str(weight_name).endswith(".safetensors"):
+                raise ValueError(f"LoRA weights {weight_name!r}: only .safetensors files are loaded, not pickles.")
+            kwargs["use_safetensors"] = True
+        try:
+            return super().lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs)
+        except safetensors.SafetensorError as error:  # a corrupt file, or a pickle under another name
+            raise ValueError(f"cannot read LoRA weights {pretrained_model_name_or_path_or_dict}: {error}") from None
 
 
 _DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")

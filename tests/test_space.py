@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import PIL.Image
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError
 
 from .conftest import make_tiny_pipeline, random_photo
 
@@ -156,6 +158,45 @@ def test_four_concurrent_calls(client: Client, tmp_path: Path) -> None:
         with PIL.Image.open(result) as image, PIL.Image.open(alone) as reference:
             assert image.size == (round((20 + 4 * i) * scales[i]), round(16 * scales[i])), (i, image.size)
             assert image.tobytes() == reference.tobytes(), f"concurrent call {i} differs from the same call alone"
+
+
+def app_max_queue() -> int:
+    """The queue bound the fixture's app runs with: TEASR_SPACE_MAX_QUEUE if set, else space/app.py's default."""
+    default = re.search(r'env_int\("TEASR_SPACE_MAX_QUEUE", (\d+)\)', APP.read_text())
+    assert default, "space/app.py no longer reads TEASR_SPACE_MAX_QUEUE through env_int"
+    return int(os.environ.get("TEASR_SPACE_MAX_QUEUE") or default.group(1))
+
+
+def test_sixteen_concurrent_calls_all_complete_or_queue_politely(
+    space: RunningSpace, client: Client, tmp_path: Path
+) -> None:
+    burst = 16
+    max_queue = app_max_queue()
+    sources = [photo(tmp_path, f"burst{i}.png", 12 + i % 4, 16 + i, seed=i) for i in range(burst)]
+    jobs = [
+        client.submit(handle_file(source), 1 + i % 4, 2, 1.0, i, api_name="/upscale")
+        for i, source in enumerate(sources)
+    ]
+    done, turned_away = 0, []
+    for i, job in enumerate(jobs):
+        try:
+            result = job.result(timeout=300)
+        except QueueError as error:  # the only acceptable failure: a polite "queue is full"
+            assert "queue is full" in str(error).lower(), (i, str(error))
+            turned_away.append(i)
+            continue
+        with PIL.Image.open(result) as image:
+            image.load()
+            assert (image.format, image.size) == ("PNG", (2 * (16 + i), 2 * (12 + i % 4))), (i, image.size)
+        done += 1
+    # Waiting requests never exceed the burst, so with the default bound (16) nobody may be turned away.
+    if max_queue >= burst:
+        assert turned_away == [], f"queue bound {max_queue} turned away requests {turned_away}"
+    assert done + len(turned_away) == burst and done >= 1
+    space.assert_alive()
+    result = client.predict(handle_file(sources[0]), 1, 2, 1.0, 0, api_name="/upscale")
+    with PIL.Image.open(result) as image:
+        assert image.size == (32, 24)
 
 
 def test_bad_inputs_are_rejected_friendly_and_the_app_lives_on(
