@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# teasr-mini: the embedded default model, trained end to end with this repository's own scripts.
+#
+#   bash train_scripts/teasr_mini/recipe.sh            # everything (resumable: re-run after an interruption)
+#   STAGES="eval report" bash train_scripts/teasr_mini/recipe.sh   # only some stages
+#
+# Stages: data, base, distill, ablations, eval, report, export. Step counts are environment variables so that
+# a GPU run can train longer with the same recipe (see model_card/README.md for the values actually used).
+# Needs: `bash scripts/setup.sh "train,dev"` (or any venv with the train and dev extras) and apt-get (for the
+# mate-backgrounds photos).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+PY=${PY:-.venv/bin/python}
+ACCELERATE=${ACCELERATE:-"$PY -m accelerate.commands.launch --num_processes 1 --num_machines 1 --dynamo_backend no --mixed_precision no"}
+DATA=${DATA:-data/teasr_mini}
+RUNS=${RUNS:-runs/teasr_mini}
+STAGES=${STAGES:-"data base distill ablations eval report export"}
+FLOW_STEPS=${FLOW_STEPS:-500}
+DISTILL_STEPS=${DISTILL_STEPS:-400}
+ABLATION_STEPS=${ABLATION_STEPS:-60}
+START_T=${START_T:-1.0}
+COMMON="--train_data_dir $DATA/train --resolution 64 --scale 4 --degradation light --random_flip --seed 0
+        --checkpointing_steps 50 --checkpoints_total_limit 2 --report_to tensorboard --lr_scheduler constant"
+
+has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
+resume_flag() { [ -d "$1" ] && ls -d "$1"/checkpoint-* >/dev/null 2>&1 && echo "--resume_from_checkpoint latest"; }
+
+distil() {  # distil OUTPUT_DIR STEPS [extra flags...]: full fine-tune distillation of the flow base
+  local out=$1 steps=$2
+  shift 2
+  [ -f "$out/model_index.json" ] && return 0
+  # shellcheck disable=SC2086
+  $ACCELERATE train_scripts/train_teasr_lora.py --pretrained_model_name_or_path "$RUNS/flow_base" --full_finetune \
+    $COMMON --train_batch_size 8 --learning_rate 2e-4 --lr_warmup_steps 0 --max_train_steps "$steps" \
+    --default_start_timestep "$START_T" --output_dir "$out" $(resume_flag "$out") "$@"
+}
+
+if has_stage data; then
+  [ -d "$DATA/train" ] || $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA"
+fi
+
+if has_stage base && [ ! -f "$RUNS/flow_base/model_index.json" ]; then
+  # shellcheck disable=SC2086
+  $ACCELERATE train_scripts/train_flow_sr.py --full_finetune $COMMON --train_batch_size 8 --learning_rate 4e-4 \
+    --lr_warmup_steps 50 --max_train_steps "$FLOW_STEPS" --output_dir "$RUNS/flow_base" \
+    --validation_image examples/astronaut_lq.png --validation_steps 1000 $(resume_flag "$RUNS/flow_base")
+fi
+
+if has_stage distill; then
+  distil "$RUNS/teasr" "$DISTILL_STEPS" --validation_image examples/astronaut_lq.png --validation_steps 1000
+fi
+
+if has_stage ablations; then
+  # Each ablation and the run it is compared with are distilled from the same base with the same short schedule.
+  distil "$RUNS/teasr_short" "$ABLATION_STEPS"
+  distil "$RUNS/coupled" "$ABLATION_STEPS" --coupled_timestep
+  distil "$RUNS/no_rect" "$ABLATION_STEPS" --no_rectification
+  distil "$RUNS/rec_only" "$ABLATION_STEPS" --reconstruction_only
+fi
+
+if has_stage eval; then
+  mkdir -p "$RUNS/eval"
+  for protocol in light bicubic; do
+    for model in teasr base teasr_short coupled no_rect rec_only; do
+      [ -f "$RUNS/$model/model_index.json" ] || { [ "$model" = base ] && [ -f "$RUNS/flow_base/model_index.json" ]; } || continue
+      folder="$RUNS/$model"; [ "$model" = base ] && folder="$RUNS/flow_base"
+      json="$RUNS/eval/${model}_${protocol}.json"
+      [ -f "$json" ] && continue
+      steps="1 2 4 8"; baselines="--baseline bicubic lanczos"
+      case $model in teasr_short|coupled|no_rect|rec_only) steps="1 4"; baselines="";; esac
+      # Ablations are compared on the training degradation family only.
+      [ "$protocol" = bicubic ] && [[ "$steps" == "1 4" ]] && continue
+      # shellcheck disable=SC2086
+      $PY -m pipeline_teasr.cli eval --gt "$DATA/heldout" --degradation "$protocol" --seed 0 --model "$folder" \
+        --steps $steps $baselines --start-timestep "$START_T" --json "$json" --name "teasr-mini heldout" --quiet
+    done
+  done
+fi
+
+if has_stage report; then
+  $PY train_scripts/teasr_mini/report.py --runs "$RUNS/eval" --out docs
+fi
+
+if has_stage export; then
+  $PY -m pipeline_teasr.cli export model_card --model "$RUNS/teasr" --overwrite --model-name teasr-mini \
+    --card-json "$RUNS/eval/teasr_light.json" "$RUNS/eval/teasr_bicubic.json" \
+    --training-recipe train_scripts/teasr_mini/RECIPE.md
+fi
