@@ -17,8 +17,8 @@ DATA=${DATA:-data/teasr_mini}
 RUNS=${RUNS:-runs/teasr_mini}
 STAGES=${STAGES:-"data base distill ablations eval report export"}
 FLOW_STEPS=${FLOW_STEPS:-500}
-DISTILL_STEPS=${DISTILL_STEPS:-400}
-ABLATION_STEPS=${ABLATION_STEPS:-60}
+DISTILL_STEPS=${DISTILL_STEPS:-250}
+ABLATION_STEPS=${ABLATION_STEPS:-40}
 START_T=${START_T:-1.0}
 COMMON="--train_data_dir $DATA/train --resolution 64 --scale 4 --degradation light --random_flip --seed 0
         --checkpointing_steps 50 --checkpoints_total_limit 2 --report_to tensorboard --lr_scheduler constant"
