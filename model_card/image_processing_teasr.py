@@ -1,0 +1,200 @@
+# Copyright 2026 The TEASR authors. Licensed under the Apache License, Version 2.0.
+"""Image input/output for TEASR: modes, alpha, 16-bit, colour fix.
+
+A leaf module: exported Hub folders carry a copy."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+import torch.nn.functional as F
+
+ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
+class DecomposedImage:
+    """An input image split into what the model sees (RGB) and what it does not (alpha, original mode)."""
+
+    rgb: torch.Tensor  # (1, 3, H, W) float32 in [0, 1]
+    alpha: torch.Tensor | None  # (1, 1, H, W) float32 in [0, 1]
+    mode: str | None  # PIL mode to restore on output, None for array inputs
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[-2], self.rgb.shape[-1]
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> PIL.Image.Image:
+    """Open an image file fully (EXIF orientation applied, first frame of animations), or raise a one-line
+    `ValueError` naming the file."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise ValueError(f"image file not found: {name}")
+    if os.path.getsize(name) == 0:
+        raise ValueError(f"image file is empty: {name}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(name) as opened:
+                width, height = opened.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ValueError(f"image {name} is {width}x{height}, above the input limit of {max_pixels} pixels")
+                opened.seek(0)
+                image = PIL.ImageOps.exif_transpose(opened)
+                image.load()
+    except ValueError:
+        raise
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+        raise ValueError(f"image {name} is too large to decode safely ({error})") from None
+    except (OSError, SyntaxError, PIL.UnidentifiedImageError) as error:
+        raise ValueError(f"cannot read image {name}: {error}") from None
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"image {name} has zero size")
+    return image
+
+
+def _pil_to_arrays(image: PIL.Image.Image) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Return (HxWx3 float RGB in [0, 1], HxW float alpha or None, mode to restore)."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        gray = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if mode.startswith("I;16") or gray.max() > 255 else 255.0
+        gray = np.clip(gray / scale, 0.0, 1.0)
+        return np.repeat(gray[..., None], 3, axis=2), None, "I;16" if scale > 255 else "L"
+    if mode == "F":
+        gray = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+        return np.repeat(gray[..., None], 3, axis=2), None, "F"
+    if mode == "P":
+        has_alpha = "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    elif mode in ("LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+    elif mode not in ("RGB", "RGBA"):
+        image = image.convert("RGB")
+    array = np.asarray(image, dtype=np.float64) / 255.0
+    alpha = array[..., 3] if array.shape[-1] == 4 else None
+    return array[..., :3], alpha, mode
+
+
+def _array_to_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """numpy HxW / HxWxC or torch CxHxW / 1xCxHxW -> (1, C, H, W) float32 in [0, 1]."""
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.uint8:
+            array = image.astype(np.float32) / 255.0
+        elif image.dtype == np.uint16:
+            array = image.astype(np.float32) / 65535.0
+        elif np.issubdtype(image.dtype, np.floating):
+            array = image.astype(np.float32)
+        else:
+            raise ValueError(f"`image` arrays must be uint8, uint16 or float, got {image.dtype}")
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.ndim != 3:
+            raise ValueError(f"`image` arrays must be HxW or HxWxC, got shape {image.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
+    else:
+        tensor = image.detach().float().cpu()
+        if tensor.ndim == 3:
+            tensor = tensor[None]
+        if tensor.ndim != 4 or tensor.shape[0] != 1:
+            raise ValueError(f"`image` tensors must be CxHxW or 1xCxHxW, got shape {tuple(image.shape)}")
+    if tensor.shape[1] not in (1, 3, 4):
+        raise ValueError(f"`image` must have 1, 3 or 4 channels, got {tensor.shape[1]}")
+    if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
+        raise ValueError("`image` has zero size")
+    if not torch.isfinite(tensor).all():
+        raise ValueError("`image` contains NaN or infinite values")
+    return tensor.clamp(0.0, 1.0)
+
+
+def decompose_image(image: ImageInput) -> DecomposedImage:
+    """Split any supported input into RGB (what the model upscales), alpha and the mode to restore."""
+    if isinstance(image, PIL.Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError("`image` has zero size")
+        rgb, alpha, mode = _pil_to_arrays(image)
+        rgb_tensor = torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)[None]
+        alpha_tensor = None if alpha is None else torch.from_numpy(alpha.astype(np.float32))[None, None]
+        return DecomposedImage(rgb_tensor, alpha_tensor, mode)
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        tensor = _array_to_float(image)
+        channels = tensor.shape[1]
+        alpha = tensor[:, 3:4] if channels == 4 else None
+        rgb = tensor.expand(-1, 3, -1, -1) if channels == 1 else tensor[:, :3]
+        return DecomposedImage(rgb.contiguous(), alpha, None)
+    raise ValueError(f"`image` must be a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+
+
+def resize(images: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """Resize (B, C, H, W) to `size`, antialiased when shrinking, clamped to [0, 1]."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    antialias = mode in ("bilinear", "bicubic") and (size[0] < images.shape[-2] or size[1] < images.shape[-1])
+    out = F.interpolate(
+        images, size=size, mode=mode, align_corners=False if mode != "nearest" else None, antialias=antialias
+    )
+    return out.clamp(0.0, 1.0)
+
+
+def recompose_image(rgb: torch.Tensor, alpha: torch.Tensor | None, mode: str | None) -> PIL.Image.Image:
+    """(1, 3, H, W) RGB in [0, 1] (+ upscaled alpha) -> PIL image in the input's mode."""
+    array = rgb[0].permute(1, 2, 0).float().cpu().numpy()
+    if mode in ("I;16", "L", "F", "1", "I"):
+        gray = array @ np.array([0.299, 0.587, 0.114])
+        if mode == "I;16":
+            return PIL.Image.fromarray(np.round(gray * 65535.0).astype(np.uint16))
+        if mode == "F":
+            return PIL.Image.fromarray(gray.astype(np.float32))
+        out = PIL.Image.fromarray(np.round(gray * 255.0).astype(np.uint8))
+        return out.convert("1") if mode == "1" else out
+    rgb8 = np.round(array * 255.0).astype(np.uint8)
+    if alpha is not None:
+        alpha8 = np.round(alpha[0, 0].float().cpu().numpy() * 255.0).astype(np.uint8)
+        out = PIL.Image.fromarray(np.dstack([rgb8, alpha8]))
+        if mode == "LA":
+            return out.convert("LA")
+        if mode == "P":
+            return out.quantize(colors=256, method=PIL.Image.Quantize.FASTOCTREE)
+        return out
+    out = PIL.Image.fromarray(rgb8)
+    if mode == "P":
+        return out.quantize(colors=256)
+    if mode == "CMYK":
+        return out.convert("CMYK")
+    return out
+
+
+def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, int(3 * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    horizontal = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(horizontal, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def color_fix(output: torch.Tensor, reference: torch.Tensor, method: str | None) -> torch.Tensor:
+    """Transfer the colours of `reference` (the LQ image resized to the output size) onto `output`.
+
+    `"adain"` matches per-channel mean and standard deviation; `"wavelet"` keeps the output's high frequencies and
+    takes the low frequencies (everything a Gaussian of sigma 4 output pixels keeps) from the reference.
+    """
+    if method is None or method == "none":
+        return output
+    if method == "adain":
+        out_mean, out_std = output.mean((-2, -1), keepdim=True), output.std((-2, -1), keepdim=True)
+        ref_mean, ref_std = reference.mean((-2, -1), keepdim=True), reference.std((-2, -1), keepdim=True)
+        return ((output - out_mean) / (out_std + 1e-6) * ref_std + ref_mean).clamp(0.0, 1.0)
+    if method == "wavelet":
+        sigma = 4.0
+        return (output - _gaussian_blur(output, sigma) + _gaussian_blur(reference, sigma)).clamp(0.0, 1.0)
+    raise ValueError(f"`color_fix` must be None, 'adain' or 'wavelet', got {method!r}")

@@ -1,0 +1,582 @@
+# Copyright 2026 The TEASR authors. Licensed under the Apache License, Version 2.0.
+"""TEASRPipeline: any-step real-world super-resolution with one dual-branch diffusion transformer.
+
+Besides torch and diffusers this file imports only its sibling leaf modules, because it is also copied into exported
+Hub model folders, where `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` loads it.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import safetensors
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, AutoencoderKLQwenImage, FlowMapEulerDiscreteScheduler
+from diffusers.loaders import QwenImageLoraLoaderMixin
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .image_processing_teasr import DecomposedImage, ImageInput, color_fix, decompose_image, recompose_image, resize
+from .tiling import TileBlender, plan_tiles
+
+# Largest output (in pixels) produced unless the caller raises `max_output_pixels`: 8192 x 8192.
+DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
+# Files that an exported folder carries so that it loads without this package (see `save_pretrained`).
+PIPELINE_CODE_FILES = ("pipeline_teasr.py", "image_processing_teasr.py", "tiling.py")
+TRANSFORMER_CODE_FILE = "transformer_teasr.py"
+
+
+@dataclass
+class TEASRPipelineOutput(BaseOutput):
+    """
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
+            Upscaled images. PIL images keep the input's mode (alpha re-attached). Arrays are float in [0, 1], stacked
+            when every output has the same size, otherwise a list.
+        nfe (`int`): Number of transformer calls made (the network function evaluations).
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | list
+    nfe: int = 0
+
+
+def sampling_sigmas(num_inference_steps: int, start_timestep: float) -> list[float]:
+    """The any-step schedule `T = t_0 > t_1 > ... > t_{K-1}` (the terminal `t_K = 0` is implicit)."""
+    return np.linspace(start_timestep, 0.0, num_inference_steps + 1)[:-1].tolist()
+
+
+class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
+    r"""
+    Any-step super-resolution: the low-quality image, resized to the output size, is encoded as `c`; sampling starts
+    at `z_T = (1 - T) c + T eps` and takes `K` flow-map steps `z_s = z_t - (t - s) u(z_t, c, t, s)`, one transformer
+    call each, on the schedule `T = t_0 > ... > t_K = 0`.
+
+    Args:
+        transformer ([`TEASRTransformer2DModel`]): the dual-branch transformer predicting the average velocity.
+        scheduler ([`FlowMapEulerDiscreteScheduler`]): the flow-map Euler sampler.
+        vae ([`AutoencoderKLQwenImage`] or [`AutoencoderKL`], *optional*): `None` for a pixel-space model.
+        text_encoder, tokenizer (*optional*): encode `prompt`; without them the learned null prompt is used.
+        default_tile_size (`int`, *optional*): tile size in output pixels used when a call passes no `tile_size`
+            (small models are trained on crops and upscale best on tiles of their training size).
+        default_start_timestep (`float`, *optional*): start level used when a call passes no `start_timestep`
+            (1.0 if unset); a model distilled for LQ-anchored starts records its largest trained level here.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["vae", "text_encoder", "tokenizer"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        transformer,
+        scheduler: FlowMapEulerDiscreteScheduler,
+        vae: AutoencoderKLQwenImage | AutoencoderKL | None = None,
+        text_encoder=None,
+        tokenizer=None,
+        default_tile_size: int | None = None,
+        default_start_timestep: float | None = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer
+        )
+        self.register_to_config(default_tile_size=default_tile_size, default_start_timestep=default_start_timestep)
+        self._interrupt = False
+
+    # ------------------------------------------------------------------ latent space
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        if isinstance(self.vae, AutoencoderKLQwenImage):
+            return 2 ** len(self.vae.temperal_downsample)
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def grid_multiple(self) -> int:
+        """Output sizes are padded to a multiple of this many pixels (VAE factor x transformer patch)."""
+        return self.vae_scale_factor * self.transformer.config.patch_size
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> normalised latents (the identity map to [-1, 1] in pixel space)."""
+        x = pixels * 2.0 - 1.0
+        if self.vae is None:
+            return x
+        x = x.to(self.vae.device, self.vae.dtype)
+        if isinstance(self.vae, AutoencoderKLQwenImage):
+            latents = self.vae.encode(x[:, :, None]).latent_dist.mode()[:, :, 0]
+            mean = torch.tensor(self.vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.vae.config.latents_std, device=latents.device).view(1, -1, 1, 1)
+            return ((latents - mean) / std).to(latents.dtype)
+        latents = self.vae.encode(x).latent_dist.mode()
+        shift = self.vae.config.shift_factor or 0.0
+        return (latents - shift) * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of `encode_images`: latents -> (B, 3, H, W) pixels in [0, 1]."""
+        if self.vae is None:
+            return ((latents.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        latents = latents.to(self.vae.device, self.vae.dtype)
+        if isinstance(self.vae, AutoencoderKLQwenImage):
+            mean = torch.tensor(self.vae.config.latents_mean, device=latents.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.vae.config.latents_std, device=latents.device).view(1, -1, 1, 1)
+            pixels = self.vae.decode((latents * std + mean).to(self.vae.dtype)[:, :, None]).sample[:, :, 0]
+        else:
+            shift = self.vae.config.shift_factor or 0.0
+            pixels = self.vae.decode(latents / self.vae.config.scaling_factor + shift).sample
+        return ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------------ text
+    def encode_prompt(
+        self, prompt: str | list[str], device: torch.device, max_sequence_length: int = 512
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last hidden states of `text_encoder` for `prompt`, with their attention mask."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("`prompt` needs a pipeline with `text_encoder` and `tokenizer`; pass `prompt_embeds`.")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        tokens = self.tokenizer(
+            prompts, padding=True, truncation=True, max_length=max_sequence_length, return_tensors="pt"
+        ).to(device)
+        hidden = self.text_encoder(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
+        ).hidden_states[-1]
+        return hidden, tokens.attention_mask
+
+    # ------------------------------------------------------------------ checks
+    def check_inputs(
+        self,
+        image,
+        upscale: float,
+        num_inference_steps: int,
+        start_timestep: float,
+        tile_size: int | None,
+        tile_overlap: int | None,
+        output_type: str,
+        color_fix: str | None,
+        prompt,
+        prompt_embeds,
+        max_output_pixels: int | None,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> None:
+        if image is None or (isinstance(image, list) and len(image) == 0):
+            raise ValueError("`image` must be given (a PIL image, numpy array, torch tensor or a list of them).")
+        if (
+            not isinstance(num_inference_steps, int)
+            or isinstance(num_inference_steps, bool)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+        if not isinstance(upscale, (int, float)) or not math.isfinite(upscale) or upscale <= 0:
+            raise ValueError(f"`upscale` must be a positive number, got {upscale!r}.")
+        if not isinstance(start_timestep, (int, float)) or not 0.0 < start_timestep <= 1.0:
+            raise ValueError(f"`start_timestep` must lie in (0, 1], got {start_timestep!r}.")
+        if tile_size is not None and (not isinstance(tile_size, int) or tile_size < 0):
+            raise ValueError(f"`tile_size` must be a non-negative integer (0 = no tiling), got {tile_size!r}.")
+        if tile_size and tile_size < self.grid_multiple:
+            raise ValueError(f"`tile_size` must be 0 or at least {self.grid_multiple} pixels, got {tile_size}.")
+        if tile_overlap is not None and (not isinstance(tile_overlap, int) or tile_overlap < 0):
+            raise ValueError(f"`tile_overlap` must be a non-negative integer, got {tile_overlap!r}.")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
+        if color_fix not in (None, "none", "adain", "wavelet"):
+            raise ValueError(f"`color_fix` must be None, 'adain' or 'wavelet', got {color_fix!r}.")
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
+        if max_output_pixels is not None and max_output_pixels < 1:
+            raise ValueError(f"`max_output_pixels` must be positive, got {max_output_pixels}.")
+        for name in callback_on_step_end_tensor_inputs or []:
+            if name not in self._callback_tensor_inputs:
+                raise ValueError(
+                    f"`callback_on_step_end_tensor_inputs` may only hold {self._callback_tensor_inputs}, got {name!r}."
+                )
+
+    @staticmethod
+    def output_size(height: int, width: int, upscale: float, max_output_pixels: int | None) -> tuple[int, int]:
+        out_h, out_w = max(1, round(height * upscale)), max(1, round(width * upscale))
+        if max_output_pixels is not None and out_h * out_w > max_output_pixels:
+            raise ValueError(
+                f"`upscale`={upscale:g} of a {width}x{height} image gives {out_w}x{out_h} = {out_h * out_w} pixels, "
+                f"above `max_output_pixels`={max_output_pixels}; lower the scale or raise the limit."
+            )
+        return out_h, out_w
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput | list[ImageInput],
+        upscale: float = 4.0,
+        num_inference_steps: int = 1,
+        start_timestep: float | None = None,
+        prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_embeds_mask: torch.Tensor | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        tile_batch_size: int = 4,
+        color_fix: str | None = None,
+        max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, float, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> TEASRPipelineOutput | tuple:
+        r"""
+        Upscale one or several images.
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                Low-quality input(s) of any size. Arrays: HxW(xC) uint8/uint16/float in [0, 1]; tensors: (1,)CxHxW in
+                [0, 1]. PIL inputs keep their mode (RGBA alpha is upscaled separately, 16-bit stays 16-bit).
+            upscale (`float`, defaults to 4.0): output size = round(input size x upscale); any positive value.
+            num_inference_steps (`int`, defaults to 1): number of flow-map steps (= transformer calls per tile).
+            start_timestep (`float`, *optional*): start level `T` in (0, 1]; 1 starts from noise, lower values
+                start closer to the LQ image (more fidelity, less generation). `None` uses the pipeline's
+                `default_start_timestep` (1.0 if unset).
+            prompt (`str` or `list[str]`, *optional*): text condition; needs `text_encoder` and `tokenizer`.
+            prompt_embeds (`torch.Tensor`, *optional*): precomputed text embeddings `(1, L, joint_attention_dim)`.
+            prompt_embeds_mask (`torch.Tensor`, *optional*): their mask `(1, L)`.
+            generator (`torch.Generator` or a list, one per image, *optional*): makes the noise reproducible.
+            latents (`torch.Tensor`, *optional*): the starting noise `eps` `(1, C, h, w)` in latent units of the
+                padded output; only with a single image.
+            tile_size (`int`, *optional*): tile side in output pixels; `None` uses the pipeline's
+                `default_tile_size`, 0 processes the whole image at once. Tiles are blended at every step, so outputs
+                have no seams and memory stays bounded by the tile size.
+            tile_overlap (`int`, *optional*): overlap of neighbouring tiles in output pixels (default: a quarter tile).
+            tile_batch_size (`int`, defaults to 4): tiles run through the transformer together.
+            color_fix (`str`, *optional*): `"adain"` or `"wavelet"` colour correction towards the input.
+            max_output_pixels (`int`, *optional*): refuse outputs larger than this (`None`: no limit).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            return_dict (`bool`, defaults to `True`): return a [`TEASRPipelineOutput`] instead of a tuple.
+            attention_kwargs (`dict`, *optional*): passed to the transformer (e.g. `{"scale": 0.5}` for LoRA).
+            callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, step, t, callback_kwargs)` after
+                every step; may return `{"latents": ...}` to replace them.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): tensors put into `callback_kwargs`.
+
+        Returns:
+            [`TEASRPipelineOutput`] or `tuple` `(images, nfe)`.
+        """
+        images = image if isinstance(image, list) else [image]
+        if tile_size is None:
+            tile_size = self.config.get("default_tile_size")
+        if start_timestep is None:
+            start_timestep = self.config.get("default_start_timestep") or 1.0
+        self.check_inputs(
+            image,
+            upscale,
+            num_inference_steps,
+            start_timestep,
+            tile_size,
+            tile_overlap,
+            output_type,
+            color_fix,
+            prompt,
+            prompt_embeds,
+            max_output_pixels,
+            callback_on_step_end_tensor_inputs,
+        )
+        if latents is not None and len(images) != 1:
+            raise ValueError("`latents` can only be given with a single image.")
+        if isinstance(generator, list) and len(generator) != len(images):
+            raise ValueError(f"Got {len(generator)} generators for {len(images)} images; pass one per image.")
+        if tile_batch_size < 1:
+            raise ValueError(f"`tile_batch_size` must be >= 1, got {tile_batch_size}.")
+
+        decomposed = [decompose_image(item) for item in images]
+        sizes = [self.output_size(*item.size, upscale, max_output_pixels) for item in decomposed]
+
+        # Both properties walk every module (~25 and ~15 ms at Qwen-Image size on a CPU host): read them once per
+        # call, not once per image.
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        if prompt is not None:
+            prompt_embeds, prompt_embeds_mask = self.encode_prompt(prompt, device)
+        self._interrupt = False
+
+        outputs, nfe = [], 0
+        for index, (item, size) in enumerate(zip(decomposed, sizes)):
+            item_generator = generator[index] if isinstance(generator, list) else generator
+            result, calls = self._upscale_one(
+                item,
+                size,
+                num_inference_steps,
+                start_timestep,
+                item_generator,
+                latents,
+                tile_size,
+                tile_overlap,
+                tile_batch_size,
+                prompt_embeds,
+                prompt_embeds_mask,
+                attention_kwargs,
+                callback_on_step_end,
+                callback_on_step_end_tensor_inputs or ["latents"],
+                output_type,
+                color_fix,
+                device=device,
+                dtype=dtype,
+            )
+            outputs.append(result)
+            nfe += calls
+
+        if output_type in ("np", "pt", "latent"):
+            same_size = len({tuple(o.shape) for o in outputs}) == 1
+            if same_size:
+                outputs = torch.cat(outputs) if output_type != "np" else np.concatenate(outputs)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (outputs, nfe)
+        return TEASRPipelineOutput(images=outputs, nfe=nfe)
+
+    def _upscale_one(
+        self,
+        item: DecomposedImage,
+        size: tuple[int, int],
+        num_inference_steps: int,
+        start_timestep: float,
+        generator: torch.Generator | None,
+        noise: torch.Tensor | None,
+        tile_size: int | None,
+        tile_overlap: int | None,
+        tile_batch_size: int,
+        prompt_embeds: torch.Tensor | None,
+        prompt_embeds_mask: torch.Tensor | None,
+        attention_kwargs: dict[str, Any] | None,
+        callback_on_step_end,
+        callback_tensor_inputs: list[str],
+        output_type: str,
+        color_fix_method: str | None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[Any, int]:
+        device = self._execution_device if device is None else device
+        dtype = self.transformer.dtype if dtype is None else dtype
+        out_h, out_w = size
+        multiple = self.grid_multiple
+        pad_h, pad_w = (-out_h) % multiple, (-out_w) % multiple
+
+        lq_up = resize(item.rgb, size).to(device)
+        padded = F.pad(lq_up, (0, pad_w, 0, pad_h), mode="reflect" if pad_h < out_h and pad_w < out_w else "replicate")
+        lq_latents = self.encode_images(padded).to(dtype)
+
+        if noise is None:
+            noise = randn_tensor(lq_latents.shape, generator=generator, device=device, dtype=dtype)
+        elif noise.shape != lq_latents.shape:
+            raise ValueError(
+                f"`latents` must have shape {tuple(lq_latents.shape)} for this image, got {tuple(noise.shape)}."
+            )
+        noise = noise.to(device, dtype)
+
+        # A private copy: the scheduler keeps per-call state, and one pipeline may serve several threads.
+        scheduler = copy.copy(self.scheduler)
+        scheduler.set_timesteps(sigmas=sampling_sigmas(num_inference_steps, start_timestep), device=device)
+        sigmas = scheduler.sigmas
+        latents = (1.0 - sigmas[0].to(dtype)) * lq_latents + sigmas[0].to(dtype) * noise
+
+        tiles, overlap = self._plan_tiles(lq_latents.shape[-2:], tile_size, tile_overlap)
+        text, text_mask = self._text_inputs(prompt_embeds, prompt_embeds_mask, device, dtype)
+        batches = [tiles[i : i + tile_batch_size] for i in range(0, len(tiles), tile_batch_size)]
+
+        nfe = 0
+        with self.progress_bar(total=num_inference_steps * len(batches)) as progress:
+            for step in range(num_inference_steps):
+                if self.interrupt:
+                    break
+                t, s = float(sigmas[step]), float(sigmas[step + 1])
+                blender = TileBlender(latents, overlap) if len(tiles) > 1 else None
+                velocity = None
+                for batch in batches:
+                    z = torch.cat([latents[:, :, rows, cols] for rows, cols in (tile.region() for tile in batch)])
+                    c = torch.cat([lq_latents[:, :, rows, cols] for rows, cols in (tile.region() for tile in batch)])
+                    n = z.shape[0]
+                    u = self.transformer(
+                        hidden_states=z,
+                        lq_hidden_states=c,
+                        timestep=torch.full((n,), t, device=device),
+                        target_timestep=torch.full((n,), s, device=device),
+                        encoder_hidden_states=None if text is None else text.expand(n, -1, -1),
+                        encoder_hidden_states_mask=None if text_mask is None else text_mask.expand(n, -1),
+                        attention_kwargs=attention_kwargs,
+                        return_dict=False,
+                    )[0]
+                    nfe += 1
+                    if blender is None:
+                        velocity = u
+                    else:
+                        for tile, tile_u in zip(batch, u.split(1)):
+                            blender.add(tile, tile_u)
+                    progress.update()
+                if blender is not None:
+                    velocity = blender.result()
+                latents = scheduler.step(velocity, scheduler.timesteps[step], latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {"latents": latents} if "latents" in callback_tensor_inputs else {}
+                    callback_outputs = callback_on_step_end(self, step, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+
+        if output_type == "latent":
+            return latents, nfe
+        pixels = self.decode_latents(latents)[:, :, :out_h, :out_w].float().cpu()
+        pixels = color_fix(pixels, lq_up.float().cpu(), color_fix_method)
+        if output_type == "pt":
+            return pixels, nfe
+        if output_type == "np":
+            return pixels.permute(0, 2, 3, 1).numpy(), nfe
+        alpha = None if item.alpha is None else resize(item.alpha, size)
+        return recompose_image(pixels, alpha, item.mode), nfe
+
+    def _plan_tiles(self, latent_size, tile_size: int | None, tile_overlap: int | None):
+        height, width = int(latent_size[0]), int(latent_size[1])
+        patch = self.transformer.config.patch_size
+        if not tile_size:
+            return plan_tiles(height, width, max(height, width), 0, patch), 0
+        tile = max(patch, tile_size // self.vae_scale_factor // patch * patch)
+        overlap_pixels = tile_size // 4 if tile_overlap is None else tile_overlap
+        overlap = min(overlap_pixels // self.vae_scale_factor, tile - patch)
+        return plan_tiles(height, width, tile, overlap, patch), overlap
+
+    def _text_inputs(self, prompt_embeds, prompt_embeds_mask, device, dtype):
+        if prompt_embeds is None:
+            return None, None
+        if prompt_embeds.ndim == 2:
+            prompt_embeds = prompt_embeds[None]
+        width = self.transformer.config.joint_attention_dim
+        if prompt_embeds.ndim != 3 or prompt_embeds.shape[0] != 1 or prompt_embeds.shape[-1] != width:
+            raise ValueError(f"`prompt_embeds` must be (1, length, {width}), got {tuple(prompt_embeds.shape)}.")
+        mask = None if prompt_embeds_mask is None else prompt_embeds_mask.reshape(1, -1).to(device)
+        return prompt_embeds.to(device, dtype), mask
+
+    # ------------------------------------------------------------------ saving and loading
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """Save a Hub model folder: weights as safetensors, plus the code files that let
+        `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` load it without this package."""
+        kwargs.setdefault("safe_serialization", True)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code(self, save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> TEASRPipeline:
+        """Load a TEASR pipeline folder (local or Hub id) with the classes of the installed library.
+
+        Components may be passed as keyword arguments to replace the stored ones; `torch_dtype` applies to models.
+        Only safetensors weights are read.
+        """
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        path = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            path = cls.download(path, **{k: kwargs.pop(k) for k in list(kwargs) if k in _DOWNLOAD_KWARGS})
+        index_file = os.path.join(path, "model_index.json")
+        if not os.path.isfile(index_file):
+            raise ValueError(f"{path} is not a TEASR pipeline folder: model_index.json is missing.")
+        with open(index_file, encoding="utf-8") as handle:
+            index = json.load(handle)
+
+        components: dict[str, Any] = {}
+        for name in ("transformer", "scheduler", "vae", "text_encoder", "tokenizer"):
+            if name in kwargs:
+                components[name] = kwargs.pop(name)
+                continue
+            spec = index.get(name)
+            if spec is None or spec[0] is None:
+                if name in cls._optional_components:
+                    components[name] = None
+                    continue
+                raise ValueError(f"{path}: model_index.json names no `{name}` component.")
+            components[name] = _load_component(path, name, spec[1], torch_dtype)
+        for key, value in index.items():
+            if not key.startswith("_") and key not in components and not isinstance(value, list):
+                components[key] = kwargs.pop(key, value)
+        if kwargs:
+            raise ValueError(f"Unexpected arguments for TEASRPipeline.from_pretrained: {sorted(kwargs)}.")
+        pipe = cls(**components)
+        pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
+        return pipe
+
+    @classmethod
+    def lora_state_dict(cls, pretrained_model_name_or_path_or_dict, **kwargs):
+        """`QwenImageLoraLoaderMixin.lora_state_dict` (behind `load_lora_weights`), safetensors only: diffusers
+        would fall back to unpickling a `.bin` LoRA; here a pickled LoRA is refused instead."""
+        if not isinstance(pretrained_model_name_or_path_or_dict, dict):
+            weight_name = kwargs.get("weight_name")
+            if weight_name is not None and not str(weight_name).endswith(".safetensors"):
+                raise ValueError(f"LoRA weights {weight_name!r}: only .safetensors files are loaded, not pickles.")
+            kwargs["use_safetensors"] = True
+        try:
+            return super().lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs)
+        except safetensors.SafetensorError as error:  # a corrupt file, or a pickle under another name
+            raise ValueError(f"cannot read LoRA weights {pretrained_model_name_or_path_or_dict}: {error}") from None
+
+
+_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
+
+
+def _load_component(folder: str, name: str, class_name: str, torch_dtype: torch.dtype | None):
+    subfolder = os.path.join(folder, name)
+    if not os.path.isdir(subfolder):
+        raise ValueError(f"{folder}: the `{name}` component folder is missing.")
+    try:
+        if name == "transformer":
+            # importlib rather than `from .transformer_teasr import`: diffusers' remote-code loader would otherwise
+            # look for that file next to this one in exported folders, where it lives in transformer/.
+            transformer_module = importlib.import_module(f"{__package__}.transformer_teasr")
+            return transformer_module.TEASRTransformer2DModel.from_pretrained(
+                subfolder, torch_dtype=torch_dtype, use_safetensors=True
+            )
+        if name == "scheduler":
+            return FlowMapEulerDiscreteScheduler.from_pretrained(subfolder)
+        if name in ("vae",):
+            import diffusers
+
+            return getattr(diffusers, class_name).from_pretrained(
+                subfolder, torch_dtype=torch_dtype, use_safetensors=True
+            )
+        import transformers
+
+        component_class = getattr(transformers, class_name)
+        if name == "tokenizer":
+            return component_class.from_pretrained(subfolder)
+        return component_class.from_pretrained(subfolder, torch_dtype=torch_dtype, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot load the `{name}` component from {subfolder}: {first_line}") from error
+
+
+def write_remote_code(pipe: TEASRPipeline, save_directory: str | os.PathLike) -> None:
+    """Copy the pipeline and transformer code into `save_directory` and point model_index.json at them."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for file_name in PIPELINE_CODE_FILES:
+        shutil.copyfile(os.path.join(here, file_name), os.path.join(save_directory, file_name))
+    transformer_source = inspect.getsourcefile(type(pipe.transformer))
+    shutil.copyfile(transformer_source, os.path.join(save_directory, "transformer", TRANSFORMER_CODE_FILE))
+
+    index_file = os.path.join(save_directory, "model_index.json")
+    with open(index_file, encoding="utf-8") as handle:
+        index = json.load(handle)
+    index["_class_name"] = ["pipeline_teasr", "TEASRPipeline"]
+    index["transformer"] = ["transformer_teasr", type(pipe.transformer).__name__]
+    temporary = index_file + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(index, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(temporary, index_file)
