@@ -4,7 +4,7 @@
 #   bash train_scripts/teasr_mini/recipe.sh            # everything (resumable: re-run after an interruption)
 #   STAGES="eval report" bash train_scripts/teasr_mini/recipe.sh   # only some stages
 #
-# Stages: data, base, distill, ablations, eval, report, export. Step counts are environment variables so that
+# Stages: data, base, distill, choose, ablations, eval, report, export. Step counts are environment variables so that
 # a GPU run can train longer with the same recipe (see model_card/README.md for the values actually used).
 # Needs: `bash scripts/setup.sh "train,dev"` (or any venv with the train and dev extras) and apt-get (for the
 # mate-backgrounds photos).
@@ -15,11 +15,10 @@ PY=${PY:-.venv/bin/python}
 ACCELERATE=${ACCELERATE:-"$PY -m accelerate.commands.launch --num_processes 1 --num_machines 1 --dynamo_backend no --mixed_precision no"}
 DATA=${DATA:-data/teasr_mini}
 RUNS=${RUNS:-runs/teasr_mini}
-STAGES=${STAGES:-"data base distill ablations eval report export"}
+STAGES=${STAGES:-"data base distill choose ablations eval report export"}
 FLOW_STEPS=${FLOW_STEPS:-500}
 DISTILL_STEPS=${DISTILL_STEPS:-250}
 ABLATION_STEPS=${ABLATION_STEPS:-40}
-START_T=${START_T:-1.0}
 COMMON="--train_data_dir $DATA/train --resolution 64 --scale 4 --degradation light --random_flip --seed 0
         --checkpointing_steps 50 --checkpoints_total_limit 2 --report_to tensorboard --lr_scheduler constant"
 
@@ -33,7 +32,7 @@ distil() {  # distil OUTPUT_DIR STEPS [extra flags...]: full fine-tune distillat
   # shellcheck disable=SC2086
   $ACCELERATE train_scripts/train_teasr_lora.py --pretrained_model_name_or_path "$RUNS/flow_base" --full_finetune \
     $COMMON --train_batch_size 8 --learning_rate 2e-4 --lr_warmup_steps 0 --max_train_steps "$steps" \
-    --default_start_timestep "$START_T" --output_dir "$out" $(resume_flag "$out") "$@"
+    --output_dir "$out" $(resume_flag "$out") "$@"
 }
 
 if has_stage data; then
@@ -51,6 +50,13 @@ if has_stage distill; then
   distil "$RUNS/teasr" "$DISTILL_STEPS" --validation_image examples/astronaut_lq.png --validation_steps 1000
 fi
 
+if has_stage choose; then
+  # The default start level: the best 1-step PSNR on crops of TRAINING photos (never the held-out set).
+  $PY train_scripts/teasr_mini/choose_start.py --model "$RUNS/teasr" --levels 1.0 0.8 0.6 0.4 0.3 0.2 0.1 \
+    | $PY -c 'import json, sys; print(json.load(sys.stdin)["best"])' > "$RUNS/start_timestep.txt"
+fi
+START_T=${START_T:-$(cat "$RUNS/start_timestep.txt" 2>/dev/null || echo 1.0)}
+
 if has_stage ablations; then
   # Each ablation and the run it is compared with are distilled from the same base with the same short schedule.
   distil "$RUNS/teasr_short" "$ABLATION_STEPS"
@@ -60,21 +66,23 @@ if has_stage ablations; then
 fi
 
 if has_stage eval; then
+  # The distilled model on both protocols at 1/2/4/8 steps with the baselines; the flow base (at its own start
+  # level, T = 1) and the 1-step ablations on the training degradation family.
   mkdir -p "$RUNS/eval"
-  for protocol in light bicubic; do
-    for model in teasr base teasr_short coupled no_rect rec_only; do
-      [ -f "$RUNS/$model/model_index.json" ] || { [ "$model" = base ] && [ -f "$RUNS/flow_base/model_index.json" ]; } || continue
-      folder="$RUNS/$model"; [ "$model" = base ] && folder="$RUNS/flow_base"
-      json="$RUNS/eval/${model}_${protocol}.json"
-      [ -f "$json" ] && continue
-      steps="1 2 4 8"; baselines="--baseline bicubic lanczos"
-      case $model in teasr_short|coupled|no_rect|rec_only) steps="1 4"; baselines="";; esac
-      # Ablations are compared on the training degradation family only.
-      [ "$protocol" = bicubic ] && [[ "$steps" == "1 4" ]] && continue
-      # shellcheck disable=SC2086
-      $PY -m pipeline_teasr.cli eval --gt "$DATA/heldout" --degradation "$protocol" --seed 0 --model "$folder" \
-        --steps $steps $baselines --start-timestep "$START_T" --json "$json" --name "teasr-mini heldout" --quiet
-    done
+  ev() {  # ev NAME PROTOCOL FOLDER STEPS START [extra flags...]
+    local name=$1 protocol=$2 folder=$3 steps=$4 start=$5
+    shift 5
+    [ -f "$RUNS/eval/${name}_${protocol}.json" ] && return 0
+    # shellcheck disable=SC2086
+    $PY -m pipeline_teasr.cli eval --gt "$DATA/heldout" --degradation "$protocol" --seed 0 --model "$folder" \
+      --steps $steps --start-timestep "$start" --json "$RUNS/eval/${name}_${protocol}.json" \
+      --name "teasr-mini heldout" --quiet "$@"
+  }
+  ev teasr light "$RUNS/teasr" "1 2 4 8" "$START_T" --baseline bicubic lanczos
+  ev teasr bicubic "$RUNS/teasr" "1 2 4 8" "$START_T" --baseline bicubic lanczos
+  ev base light "$RUNS/flow_base" "1 2 4 8" 1.0
+  for model in teasr_short coupled no_rect rec_only; do
+    [ -f "$RUNS/$model/model_index.json" ] && ev "$model" light "$RUNS/$model" 1 "$START_T"
   done
 fi
 
@@ -86,4 +94,11 @@ if has_stage export; then
   $PY -m pipeline_teasr.cli export model_card --model "$RUNS/teasr" --overwrite --model-name teasr-mini \
     --card-json "$RUNS/eval/teasr_light.json" "$RUNS/eval/teasr_bicubic.json" \
     --training-recipe train_scripts/teasr_mini/RECIPE.md
+  $PY - "$START_T" <<'PYTHON'
+import sys
+from pipeline_teasr import TEASRPipeline
+pipe = TEASRPipeline.from_pretrained("model_card")
+pipe.register_to_config(default_start_timestep=float(sys.argv[1]))
+pipe.save_pretrained("model_card")
+PYTHON
 fi

@@ -25,7 +25,7 @@ PROTOCOLS = {
 MODEL_ORDER = ("teasr", "base", "coupled", "no_rect", "rec_only", "teasr_short")
 MODEL_LABELS = {
     "teasr": "TEASR (distilled)",
-    "base": "flow-matching base",
+    "base": "flow-matching base (T = 1)",
     "teasr_short": "TEASR, short schedule",
     "coupled": "ablation: coupled timestep",
     "no_rect": "ablation: no rectification",
