@@ -110,6 +110,28 @@ class _CropMixin:
     seed: int
     epoch: int
 
+    def _init_crops(
+        self,
+        dataset,
+        image_column: str,
+        lq_column: str | None,
+        resolution: int,
+        scale: int,
+        random_flip: bool,
+        small_images: str,
+        seed: int,
+    ) -> None:
+        if resolution % scale:
+            raise ValueError(f"--resolution ({resolution}) must be a multiple of --scale ({scale}).")
+        if small_images not in ("upsize", "skip"):
+            raise ValueError(f"small_images must be 'upsize' or 'skip', got {small_images!r}.")
+        self.dataset, self.image_column, self.lq_column = dataset, image_column, lq_column
+        self.resolution, self.scale, self.random_flip = resolution, scale, random_flip
+        self.small_images, self.seed, self.epoch = small_images, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def _crop(self, hq: PIL.Image.Image, lq: PIL.Image.Image | None, key: int) -> dict[str, Any] | None:
         upsized = False
         width, height = hq.size
@@ -164,18 +186,9 @@ class SRCropDataset(_CropMixin, torch.utils.data.Dataset):
         small_images: str = "upsize",
         seed: int = 0,
     ):
-        if resolution % scale:
-            raise ValueError(f"--resolution ({resolution}) must be a multiple of --scale ({scale}).")
-        if small_images not in ("upsize", "skip"):
-            raise ValueError(f"small_images must be 'upsize' or 'skip', got {small_images!r}.")
         if len(dataset) == 0:
             raise ValueError("The training set is empty.")
-        self.dataset, self.image_column, self.lq_column = dataset, image_column, lq_column
-        self.resolution, self.scale, self.random_flip = resolution, scale, random_flip
-        self.small_images, self.seed, self.epoch = small_images, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._init_crops(dataset, image_column, lq_column, resolution, scale, random_flip, small_images, seed)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -218,19 +231,12 @@ class SRStreamingCropDataset(_CropMixin, torch.utils.data.IterableDataset):
         num_processes: int = 1,
         process_index: int = 0,
     ):
-        if resolution % scale:
-            raise ValueError(f"--resolution ({resolution}) must be a multiple of --scale ({scale}).")
         if num_processes > 1:
             from datasets.distributed import split_dataset_by_node
 
             dataset = split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
-        self.dataset, self.image_column, self.lq_column = dataset, image_column, lq_column
-        self.resolution, self.scale, self.random_flip = resolution, scale, random_flip
-        self.small_images, self.seed, self.epoch = small_images, seed, 0
+        self._init_crops(dataset, image_column, lq_column, resolution, scale, random_flip, small_images, seed)
         self.shuffle_buffer_size = shuffle_buffer_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream = self.dataset.shuffle(seed=self.seed + self.epoch, buffer_size=self.shuffle_buffer_size)
