@@ -41,3 +41,16 @@ def test_cli_default_model_runs(tmp_path, capsys):
     PIL.Image.open(EXAMPLES / "coffee_lq.png").crop((0, 0, 24, 20)).save(source)
     assert main(["upscale", str(source), "-o", str(tmp_path / "out.png")]) == 0
     assert PIL.Image.open(tmp_path / "out.png").size == (96, 80)
+
+
+def test_embedded_code_copies_match_the_library():
+    # model_card/ carries the library's code for trust_remote_code loading; re-export after changing these files.
+    library = Path(__file__).resolve().parent.parent / "pipeline_teasr"
+    copies = {
+        "pipeline_teasr.py": EMBEDDED_MODEL_DIR / "pipeline_teasr.py",
+        "image_processing_teasr.py": EMBEDDED_MODEL_DIR / "image_processing_teasr.py",
+        "tiling.py": EMBEDDED_MODEL_DIR / "tiling.py",
+        "transformer_teasr.py": EMBEDDED_MODEL_DIR / "transformer" / "transformer_teasr.py",
+    }
+    stale = [name for name, copy in copies.items() if copy.read_bytes() != (library / name).read_bytes()]
+    assert not stale, f"model_card/ has stale copies of {stale}: run `teasr export model_card --model ...`"
