@@ -75,4 +75,7 @@ class TileBlender:
         self.weight[:, :, rows, cols] += weights
 
     def result(self) -> torch.Tensor:
-        return self.total / self.weight
+        """The blended prediction, computed in place in the accumulator (the blender is spent afterwards)."""
+        result = self.total.div_(self.weight)
+        del self.total, self.weight
+        return result

@@ -110,6 +110,10 @@ class DistillationConfig:
 
     Ablations: `rectification=False` (t = 1 only, unweighted losses); `reconstruction_only=True` (no critic);
     `lambda_consistency=0` (no self-consistency); the coupled timestep is a transformer config switch.
+
+    `lq_anchor_prob`: share of generator rows that start where the sampler starts for `T < 1`, on the LQ image
+    (`z_t = (1 - t) c + t eps`) instead of on the HQ path; their target is still the HQ path's `z_s`. Their start
+    level is uniform in `[min_timestep, lq_anchor_max_timestep]` (the start levels one intends to sample from).
     """
 
     lambda_flow: float = 1.0
@@ -121,6 +125,8 @@ class DistillationConfig:
     reconstruction_only: bool = False
     anystep_prob: float = 0.5
     one_step_start_prob: float = 0.25
+    lq_anchor_prob: float = 0.5
+    lq_anchor_max_timestep: float = 1.0
     min_timestep: float = 0.02
     reconstruction_loss: str = "l2"
     adversarial_warmup_steps: int = 0
@@ -129,11 +135,15 @@ class DistillationConfig:
     logit_std: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("anystep_prob", "one_step_start_prob"):
+        for name in ("anystep_prob", "one_step_start_prob", "lq_anchor_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
         if not 0.0 <= self.min_timestep < 1.0:
             raise ValueError(f"min_timestep must lie in [0, 1), got {self.min_timestep}.")
+        if not self.min_timestep < self.lq_anchor_max_timestep <= 1.0:
+            raise ValueError(
+                f"lq_anchor_max_timestep must lie in (min_timestep, 1], got {self.lq_anchor_max_timestep}."
+            )
         for name in ("lambda_flow", "lambda_rec", "lambda_adv", "lambda_critic", "lambda_consistency"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
@@ -205,11 +215,17 @@ def self_adversarial_losses(
     t_flow = sample_flow_timesteps(
         batch, generator, config.flow_timestep_sampling, config.logit_mean, config.logit_std
     )
-    # Generator rows: z_t -> z_s_hat.
+    # Generator rows: z_t -> z_s_hat, some starting on the LQ image as the sampler does for T < 1.
     eps = randn()
     t, s = sample_generator_timesteps(batch, generator, config)
-    t_flow, t, s = t_flow.to(device), t.to(device), s.to(device)
-    z_t = interpolate(z0, eps, t)
+    anchored = _rand(batch, generator) < config.lq_anchor_prob
+    if config.rectification:
+        span = config.lq_anchor_max_timestep - config.min_timestep
+        t_anchor = config.min_timestep + span * _rand(batch, generator)
+        s = torch.where(anchored, s / t * t_anchor, s)  # the same relative target s / t
+        t = torch.where(anchored, t_anchor, t)
+    t_flow, t, s, anchored = t_flow.to(device), t.to(device), s.to(device), anchored.to(device)
+    z_t = interpolate(torch.where(anchored.view(-1, *([1] * (z0.ndim - 1))), c, z0), eps, t)
     u_all = model(
         torch.cat([interpolate(z0, eps_flow, t_flow), z_t]),
         torch.cat([c, c]),
@@ -221,7 +237,7 @@ def self_adversarial_losses(
 
     z_s_hat = flow_map_step(z_t, u_gen, t, s)
     z_s = interpolate(z0, eps, s)
-    weight = jump_weight(t, s, config.rectification)
+    weight = jump_weight(t, s, config.rectification, lq_anchored=anchored)
     loss_rec = reconstruction_loss(z_s_hat, z_s, weight, kind=config.reconstruction_loss)
 
     zero = z0.new_zeros((), dtype=torch.float32)
@@ -554,6 +570,12 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Ablation: modulate the LQ branch with t too (decoupled_timestep=False in the transformer config).",
     )
+    add(
+        "--lq_skip",
+        action="store_true",
+        help="Add the zero-initialised LQ skip (lq_skip=True in the transformer config) if the model has none; "
+        "needs --full_finetune. Speeds up small models trained from scratch.",
+    )
     add("--gradient_checkpointing", action="store_true", help="Recompute block activations in the backward pass.")
     # Data.
     add("--train_data_dir", type=str, default=None, help="A local folder of images (🤗 datasets imagefolder).")
@@ -837,6 +859,10 @@ def run_training(
         raise ValueError(
             f"--resolution ({args.resolution}) must be a multiple of {pipe.grid_multiple} for this model."
         )
+    if args.lq_skip:
+        if lora:
+            raise ValueError("--lq_skip adds a new layer that a LoRA cannot train: use it with --full_finetune.")
+        transformer.enable_lq_skip()
     if args.coupled_timestep:
         transformer.register_to_config(decoupled_timestep=False)
         if not args.full_finetune:

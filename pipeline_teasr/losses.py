@@ -73,9 +73,18 @@ def renoise(z_s: torch.Tensor, s: torch.Tensor, tau: torch.Tensor, noise: torch.
     return _expand(a, z_s) * z_s + _expand(b, z_s) * noise
 
 
-def jump_weight(t: torch.Tensor, s: torch.Tensor, rectification: bool = True) -> torch.Tensor:
-    """Timestep-aware rectification weight of a generation step `t -> s`: the jump size `t - s` (1 without)."""
-    return (t - s).float() if rectification else torch.ones_like(t, dtype=torch.float32)
+def jump_weight(
+    t: torch.Tensor, s: torch.Tensor, rectification: bool = True, lq_anchored: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Timestep-aware rectification weight of a generation step `t -> s`: the jump size `t - s` (1 without).
+
+    A step that starts on the LQ image (`lq_anchored` rows) weighs 1 whatever `t - s`: its distance to the target is
+    the LQ-to-HQ gap, which a small `t` does not shrink.
+    """
+    if not rectification:
+        return torch.ones_like(t, dtype=torch.float32)
+    weight = (t - s).float()
+    return weight if lq_anchored is None else torch.where(lq_anchored, torch.ones_like(weight), weight)
 
 
 def flow_matching_loss(

@@ -375,9 +375,17 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         multiple = self.grid_multiple
         pad_h, pad_w = (-out_h) % multiple, (-out_w) % multiple
 
+        # Full-size buffers are released as soon as they are used up: for large tiled images they, not the
+        # transformer's tile activations, set the peak memory.
         lq_up = resize(item.rgb, size).to(device)
-        padded = F.pad(lq_up, (0, pad_w, 0, pad_h), mode="reflect" if pad_h < out_h and pad_w < out_w else "replicate")
+        padded = lq_up
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < out_h and pad_w < out_w else "replicate"
+            padded = F.pad(lq_up, (0, pad_w, 0, pad_h), mode=mode)
         lq_latents = self.encode_images(padded).to(dtype)
+        del padded
+        color_reference = None if color_fix_method in (None, "none") else lq_up.float().cpu()
+        del lq_up
 
         if noise is None:
             noise = randn_tensor(lq_latents.shape, generator=generator, device=device, dtype=dtype)
@@ -392,6 +400,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         scheduler.set_timesteps(sigmas=sampling_sigmas(num_inference_steps, start_timestep), device=device)
         sigmas = scheduler.sigmas
         latents = (1.0 - sigmas[0].to(dtype)) * lq_latents + sigmas[0].to(dtype) * noise
+        del noise
 
         tiles, overlap = self._plan_tiles(lq_latents.shape[-2:], tile_size, tile_overlap)
         text, text_mask = self._text_inputs(prompt_embeds, prompt_embeds_mask, device, dtype)
@@ -428,6 +437,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                     progress.update()
                 if blender is not None:
                     velocity = blender.result()
+                    del blender
                 latents = scheduler.step(velocity, scheduler.timesteps[step], latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
@@ -438,7 +448,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         if output_type == "latent":
             return latents, nfe
         pixels = self.decode_latents(latents)[:, :, :out_h, :out_w].float().cpu()
-        pixels = color_fix(pixels, lq_up.float().cpu(), color_fix_method)
+        pixels = color_fix(pixels, color_reference, color_fix_method)
         if output_type == "pt":
             return pixels, nfe
         if output_type == "np":

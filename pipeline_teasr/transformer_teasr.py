@@ -64,6 +64,13 @@ def _initial_null_prompt(shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(NULL_PROMPT_INIT_SEED))
 
 
+def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def _as_batch_timestep(value: float | torch.Tensor, batch_size: int, device: torch.device, name: str) -> torch.Tensor:
     if not torch.is_tensor(value) and not 0.0 <= float(value) <= 1.0:
         # Tensors are not range-checked here: that would synchronise the device on every call.
@@ -103,6 +110,10 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         axes_dims_rope (`tuple[int, int, int]`): RoPE dims for (frame, height, width); must sum to
             `attention_head_dim`.
         decoupled_timestep (`bool`): `False` gives the coupled ablation, where LQ tokens are modulated by `t` too.
+        lq_skip (`bool`): also add each LQ token, through a linear layer `lq_skip_in` (zero at initialisation), to the
+            embedding of the noisy token at the same position. A model trained from scratch then reads the LQ image
+            without first having to learn an attention pattern that finds it; pretrained weights are unaffected
+            (see `enable_lq_skip`).
         num_null_prompt_tokens (`int`): length of the learned null prompt.
         guidance_embeds, zero_cond_t, use_additional_t_cond, use_layer3d_rope: accepted for config compatibility
             with Qwen-Image folders. TEASR always modulates the LQ branch with `s`; the Qwen-Image-Layered options
@@ -131,6 +142,7 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         use_layer3d_rope: bool = False,
         decoupled_timestep: bool = True,
         num_null_prompt_tokens: int = 1,
+        lq_skip: bool = False,
     ):
         super().__init__()
         if use_additional_t_cond or use_layer3d_rope:
@@ -153,6 +165,7 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.txt_norm = RMSNorm(joint_attention_dim, eps=1e-6)
         self.img_in = nn.Linear(in_channels, self.inner_dim)
         self.txt_in = nn.Linear(joint_attention_dim, self.inner_dim)
+        self.lq_skip_in = _zero_linear(in_channels, self.inner_dim) if lq_skip else None
         # zero_cond_t=True makes each block read a (2B, D) embedding: rows [:B] modulate noisy and text tokens,
         # rows [B:] the second image stream. TEASR fills the second half with the target timestep s.
         self.transformer_blocks = nn.ModuleList(
@@ -171,6 +184,13 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
         self.null_prompt_embeds = nn.Parameter(_initial_null_prompt((num_null_prompt_tokens, joint_attention_dim)))
         self.gradient_checkpointing = False
+
+    def enable_lq_skip(self) -> None:
+        """Add the LQ skip (`lq_skip=True`) to a model that has none; being zero, it leaves the outputs unchanged."""
+        if self.lq_skip_in is None:
+            layer = _zero_linear(self.config.in_channels, self.inner_dim)
+            self.lq_skip_in = layer.to(self.img_in.weight.device, self.img_in.weight.dtype)
+            self.register_to_config(lq_skip=True)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -259,6 +279,9 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         lq_tokens = pack_latents(lq_hidden_states, p)
         num_noisy = noisy_tokens.shape[1]
         tokens = self.img_in(torch.cat([noisy_tokens, lq_tokens], dim=1).to(self.img_in.weight.dtype))
+        if self.lq_skip_in is not None:
+            skip = self.lq_skip_in(lq_tokens.to(self.lq_skip_in.weight.dtype))
+            tokens = torch.cat([tokens[:, :num_noisy] + skip, tokens[:, num_noisy:]], dim=1)
 
         # One embedding per branch: rows [:B] from t (noisy + text tokens), rows [B:] from s (LQ tokens).
         temb = self.time_text_embed(torch.cat([t, s], dim=0).to(tokens.dtype), tokens)

@@ -190,6 +190,42 @@ def test_rectified_timesteps_cover_the_any_step_range():
     assert DistillationConfig(lambda_adv=0.2, adversarial_warmup_steps=10).adversarial_weight(5) == pytest.approx(0.1)
 
 
+def test_lq_anchored_rows_start_on_the_lq_image_and_weigh_one():
+    """The sampler starts at z_T = (1 - T) c + T eps for T < 1; anchored generator rows are exactly those states."""
+
+    class RecordInputs(nn.Module):
+        def __init__(self, module: nn.Module):
+            super().__init__()
+            self.module, self.calls = module, []
+
+        def forward(self, hidden_states, c, timestep, target_timestep, **kwargs):
+            self.calls.append((hidden_states.detach().clone(), timestep.detach().clone()))
+            return self.module(hidden_states, c, timestep=timestep, target_timestep=target_timestep, **kwargs)
+
+    z0, c = tiny_batch()
+    inputs = {}
+    for prob in (0.0, 1.0):
+        model = RecordInputs(tiny_transformer())
+        config = DistillationConfig(
+            reconstruction_only=True, lambda_adv=0.0, lq_anchor_prob=prob, lq_anchor_max_timestep=0.3
+        )
+        self_adversarial_losses(model, z0, c, config, torch.Generator().manual_seed(0))
+        hidden, timestep = model.calls[0]
+        inputs[prob] = hidden[2:], timestep[2:].view(-1, 1, 1, 1)  # rows [B:] are the generator rows
+    (plain, t_plain), (anchored, t) = inputs[0.0], inputs[1.0]
+    eps = (plain - (1 - t_plain) * z0) / t_plain  # both runs draw the same noise
+    assert torch.all(t >= 0.02) and torch.all(t <= 0.3)
+    torch.testing.assert_close(anchored, (1 - t) * c + t * eps)
+
+    t, s = torch.tensor([0.1, 0.1]), torch.tensor([0.0, 0.0])
+    assert jump_weight(t, s, lq_anchored=torch.tensor([True, False])).tolist() == pytest.approx([1.0, 0.1])
+    assert jump_weight(t, s, rectification=False, lq_anchored=torch.tensor([False, False])).tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="lq_anchor_prob"):
+        DistillationConfig(lq_anchor_prob=-0.1)
+    with pytest.raises(ValueError, match="lq_anchor_max_timestep"):
+        DistillationConfig(lq_anchor_max_timestep=0.01)
+
+
 # ---------------------------------------------------------------------------------------------------- objectives
 
 

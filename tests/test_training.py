@@ -261,11 +261,13 @@ def test_full_finetune_distillation_saves_a_loadable_pipeline(photo_folder, tiny
             tiny_pipeline_dir,
             "--full_finetune",
             "--coupled_timestep",
+            "--lq_skip",
         ],  # fmt: skip
     )
     pipe = TEASRPipeline.from_pretrained(out)
     base = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
     assert pipe.transformer.config.decoupled_timestep is False
+    assert pipe.transformer.config.lq_skip and pipe.transformer.lq_skip_in.weight.abs().sum() > 0  # added, trained
     assert not torch.equal(pipe.transformer.proj_out.weight, base.transformer.proj_out.weight)
     assert os.path.isfile(out / "critic_heads" / "critic_heads.safetensors")
 
@@ -284,6 +286,8 @@ def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_pa
     (not_a_model / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
     with pytest.raises(ValueError, match="not a usable base"):
         run_in_process("train_teasr_lora", [*args, "--pretrained_model_name_or_path", str(not_a_model)])
+    with pytest.raises(ValueError, match="--lq_skip adds a new layer that a LoRA cannot train"):
+        run_in_process("train_teasr_lora", [*args, *base, "--lq_skip"])
     assert not glob.glob(str(out / "checkpoint-*")) and not glob.glob(str(out / "*.safetensors"))
 
 

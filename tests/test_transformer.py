@@ -159,3 +159,29 @@ def test_gradient_checkpointing_matches():
     model(z, c, 0.5, 0.1).sample.square().mean().backward()
     for expected, p in zip(grads, [p for p in model.parameters() if p.grad is not None]):
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_lq_skip_starts_at_zero_survives_save_and_reads_the_lq_token(tmp_path):
+    torch.manual_seed(0)
+    model = TEASRTransformer2DModel(**QWEN_TINY).eval()
+    z, c = _inputs()
+    before = model(z, c, timestep=0.5, target_timestep=0.2).sample
+    model.enable_lq_skip()
+    assert model.config.lq_skip
+    torch.testing.assert_close(model(z, c, timestep=0.5, target_timestep=0.2).sample, before, rtol=0, atol=0)
+
+    torch.nn.init.normal_(model.lq_skip_in.weight)
+    trained = model(z, c, timestep=0.5, target_timestep=0.2).sample
+    assert not torch.allclose(trained, before)
+    model.save_pretrained(tmp_path)
+    loaded = TEASRTransformer2DModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.lq_skip
+    torch.testing.assert_close(loaded(z, c, timestep=0.5, target_timestep=0.2).sample, trained)
+    # The skip carries the LQ token at the SAME position: changing one LQ patch moves that noisy token first.
+    model.lq_skip_in.weight.data.mul_(100.0)
+    c_moved = c.clone()
+    c_moved[:, :, :2, :2] += 1.0
+    with torch.no_grad():
+        reference = model(z, c, timestep=0.5, target_timestep=0.2).sample
+        delta = (model(z, c_moved, timestep=0.5, target_timestep=0.2).sample - reference).abs()
+    assert delta[:, :, :2, :2].mean() > 2 * delta[:, :, 2:, 2:].mean()

@@ -66,6 +66,18 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         default=0.25,
         help="With rectification: share of generator rows starting at t = 1.",
     )
+    add(
+        "--lq_anchor_prob",
+        type=float,
+        default=0.5,
+        help="Share of generator rows starting on the LQ image, z_t = (1 - t) c + t eps (the sampler's T < 1 start).",
+    )
+    add(
+        "--lq_anchor_max_timestep",
+        type=float,
+        default=1.0,
+        help="Highest start level of the LQ-anchored rows (they start uniformly in [min_timestep, this]).",
+    )
     add("--min_timestep", type=float, default=0.02, help="Lowest start level t with rectification.")
     add("--reconstruction_loss", type=str, default="l2", choices=("l2", "l1"))
     add("--adversarial_warmup_steps", type=int, default=0, help="Ramp lambda_adv up linearly over these steps.")
@@ -86,6 +98,8 @@ def distillation_config(args: argparse.Namespace) -> DistillationConfig:
         reconstruction_only=args.reconstruction_only,
         anystep_prob=args.anystep_prob,
         one_step_start_prob=args.one_step_start_prob,
+        lq_anchor_prob=args.lq_anchor_prob,
+        lq_anchor_max_timestep=args.lq_anchor_max_timestep,
         min_timestep=args.min_timestep,
         reconstruction_loss=args.reconstruction_loss,
         adversarial_warmup_steps=args.adversarial_warmup_steps,
