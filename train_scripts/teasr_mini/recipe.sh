@@ -17,8 +17,8 @@ DATA=${DATA:-data/teasr_mini}
 RUNS=${RUNS:-runs/teasr_mini}
 STAGES=${STAGES:-"data base distill choose ablations eval report export"}
 FLOW_STEPS=${FLOW_STEPS:-500}
-DISTILL_STEPS=${DISTILL_STEPS:-250}
-ABLATION_STEPS=${ABLATION_STEPS:-40}
+DISTILL_STEPS=${DISTILL_STEPS:-350}
+ABLATION_STEPS=${ABLATION_STEPS:-50}
 COMMON="--train_data_dir $DATA/train --resolution 64 --scale 4 --degradation light --random_flip --seed 0
         --checkpointing_steps 50 --checkpoints_total_limit 2 --report_to tensorboard --lr_scheduler constant"
 
@@ -32,7 +32,7 @@ distil() {  # distil OUTPUT_DIR STEPS [extra flags...]: full fine-tune distillat
   # shellcheck disable=SC2086
   $ACCELERATE train_scripts/train_teasr_lora.py --pretrained_model_name_or_path "$RUNS/flow_base" --full_finetune \
     $COMMON --train_batch_size 8 --learning_rate 2e-4 --lr_warmup_steps 0 --max_train_steps "$steps" \
-    --output_dir "$out" $(resume_flag "$out") "$@"
+    --lq_anchor_prob 0.75 --lq_anchor_max_timestep 0.5 --output_dir "$out" $(resume_flag "$out") "$@"
 }
 
 if has_stage data; then
@@ -41,7 +41,7 @@ fi
 
 if has_stage base && [ ! -f "$RUNS/flow_base/model_index.json" ]; then
   # shellcheck disable=SC2086
-  $ACCELERATE train_scripts/train_flow_sr.py --full_finetune $COMMON --train_batch_size 8 --learning_rate 4e-4 \
+  $ACCELERATE train_scripts/train_flow_sr.py --full_finetune --lq_skip $COMMON --train_batch_size 8 --learning_rate 4e-4 \
     --lr_warmup_steps 50 --max_train_steps "$FLOW_STEPS" --output_dir "$RUNS/flow_base" \
     --validation_image examples/astronaut_lq.png --validation_steps 1000 $(resume_flag "$RUNS/flow_base")
 fi
@@ -52,7 +52,7 @@ fi
 
 if has_stage choose; then
   # The default start level: the best 1-step PSNR on crops of TRAINING photos (never the held-out set).
-  $PY train_scripts/teasr_mini/choose_start.py --model "$RUNS/teasr" --levels 1.0 0.8 0.6 0.4 0.3 0.2 0.1 \
+  $PY train_scripts/teasr_mini/choose_start.py --model "$RUNS/teasr" --levels 1.0 0.6 0.4 0.3 0.2 0.1 0.05 0.02 \
     | $PY -c 'import json, sys; print(json.load(sys.stdin)["best"])' > "$RUNS/start_timestep.txt"
 fi
 START_T=${START_T:-$(cat "$RUNS/start_timestep.txt" 2>/dev/null || echo 1.0)}
