@@ -359,10 +359,10 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
                 steps = gr.Slider(1, MAX_STEPS, value=1, step=1, label="Steps", info="network calls per tile")
                 scale = gr.Slider(1, MAX_SCALE, value=4, step=0.5, label="Upscale factor", elem_id="scale")
                 start = gr.Slider(
-                    0.05,
+                    0.01,
                     1.0,
                     value=default_start,
-                    step=0.05,
+                    step=0.01,
                     label="Start timestep T",
                     info="lower: closer to the input (fidelity) · 1: from noise (generation)",
                 )

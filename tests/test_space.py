@@ -308,3 +308,18 @@ def test_build_demo_accepts_a_pipeline_in_process(tiny_pipeline, monkeypatch: py
     assert {endpoints[name].concurrency_id for name in ("upscale", "upscale_ui", "compare_steps")} == {"teasr"}
     assert demo._queue.default_concurrency_limit == app.CONCURRENCY
     assert demo._queue.max_size == app.MAX_QUEUE
+
+
+def test_start_slider_holds_the_embedded_models_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline_teasr import TEASRPipeline
+    from pipeline_teasr.hub import default_model_path
+
+    spec = importlib.util.spec_from_file_location("teasr_space_app", APP)
+    app = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, app)
+    spec.loader.exec_module(app)
+    pipe = TEASRPipeline.from_pretrained(default_model_path())
+    demo = app.build_demo(pipe)
+    start = next(block for block in demo.blocks.values() if getattr(block, "label", None) == "Start timestep T")
+    assert start.value == pipe.config.default_start_timestep
+    assert start.minimum <= start.value <= start.maximum
