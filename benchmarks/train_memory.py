@@ -51,7 +51,7 @@ from _common import LiveTensorBytes, machine_info  # noqa: E402
 MIB = 1024**2
 METHODS = ("teasr", "baseline")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Default: the project's small pixel-space model (train_scripts/train_flow_sr.py SMALL_PIXEL_CONFIG) at 64x64, batch 8.
+# Default: the small pixel-space model (pipeline_teasr.transformer_teasr.SMALL_PIXEL_CONFIG) at 64x64, batch 8.
 DEFAULTS: dict[str, Any] = dict(
     num_layers=6, heads=4, head_dim=32, resolution=64, batch_size=8, patch_size=4, channels=3, text_dim=64, repeats=3
 )
@@ -284,7 +284,7 @@ def baseline_step(
 
     # ---- generator step: one jump t -> 0 (DMD2's one-step generator), same start-level sampling as TEASR.
     eps = randn()
-    t, _ = sample_generator_timesteps(batch, rng, distillation_config(args))
+    t, _, _ = sample_generator_timesteps(batch, rng, distillation_config(args))
     t = t.to(z0.device)
     zero = torch.zeros_like(t)
     z_t = interpolate(z0, eps, t)

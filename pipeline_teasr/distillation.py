@@ -76,12 +76,14 @@ def sample_flow_timesteps(
 
 def sample_generator_timesteps(
     batch_size: int, generator: torch.Generator, config: DistillationConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generation steps `t -> s`.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Generation steps `t -> s`, and which of them start on the LQ image: `(t, s, lq_anchored)`.
 
     Start level t: with rectification it covers the whole range any-step sampling uses, (min_timestep, 1], with an
     extra point mass `one_step_start_prob` at t = 1 (one step from noise); without rectification t = 1.
     Target s: 0 (one step to the clean image) or, with probability `anystep_prob`, uniform in [0, t).
+    LQ-anchored rows (probability `lq_anchor_prob`; with rectification only, since at t = 1 the start is pure noise
+    either way) start uniformly in [min_timestep, lq_anchor_max_timestep] and keep the same relative target s / t.
     """
     if config.rectification:
         uniform_t = config.min_timestep + (1.0 - config.min_timestep) * _rand(batch_size, generator)
@@ -91,7 +93,13 @@ def sample_generator_timesteps(
         t = torch.ones(batch_size, device=generator.device)
     anystep = _rand(batch_size, generator) < config.anystep_prob
     s = torch.where(anystep, t * _rand(batch_size, generator), torch.zeros_like(t))
-    return t, s
+    anchored = _rand(batch_size, generator) < config.lq_anchor_prob
+    if config.rectification:
+        span = config.lq_anchor_max_timestep - config.min_timestep
+        t_anchor = config.min_timestep + span * _rand(batch_size, generator)
+        s = torch.where(anchored, s / t * t_anchor, s)
+        t = torch.where(anchored, t_anchor, t)
+    return t, s, anchored
 
 
 def sample_critic_timesteps(t: torch.Tensor, s: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -217,13 +225,7 @@ def self_adversarial_losses(
     )
     # Generator rows: z_t -> z_s_hat, some starting on the LQ image as the sampler does for T < 1.
     eps = randn()
-    t, s = sample_generator_timesteps(batch, generator, config)
-    anchored = _rand(batch, generator) < config.lq_anchor_prob
-    if config.rectification:
-        span = config.lq_anchor_max_timestep - config.min_timestep
-        t_anchor = config.min_timestep + span * _rand(batch, generator)
-        s = torch.where(anchored, s / t * t_anchor, s)  # the same relative target s / t
-        t = torch.where(anchored, t_anchor, t)
+    t, s, anchored = sample_generator_timesteps(batch, generator, config)
     t_flow, t, s, anchored = t_flow.to(device), t.to(device), s.to(device), anchored.to(device)
     z_t = interpolate(torch.where(anchored.view(-1, *([1] * (z0.ndim - 1))), c, z0), eps, t)
     u_all = model(

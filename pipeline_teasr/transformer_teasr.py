@@ -64,6 +64,19 @@ def _initial_null_prompt(shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(NULL_PROMPT_INIT_SEED))
 
 
+# A ~4M-parameter pixel-space model (4x4 RGB patches): teasr-mini's shape, and the default of training from scratch.
+SMALL_PIXEL_CONFIG: dict[str, Any] = dict(
+    patch_size=4,
+    in_channels=48,
+    out_channels=3,
+    num_layers=6,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=64,
+    axes_dims_rope=(8, 12, 12),
+)
+
+
 def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
     layer = nn.Linear(in_features, out_features)
     nn.init.zeros_(layer.weight)

@@ -176,14 +176,15 @@ def test_frozen_call_gives_gradient_to_inputs_only(checkpointing):
 
 def test_rectified_timesteps_cover_the_any_step_range():
     g = torch.Generator().manual_seed(0)
-    config = DistillationConfig(anystep_prob=0.5, one_step_start_prob=0.25, min_timestep=0.02)
-    t, s = sample_generator_timesteps(4000, g, config)
+    config = DistillationConfig(anystep_prob=0.5, one_step_start_prob=0.25, min_timestep=0.02, lq_anchor_prob=0.0)
+    t, s, anchored = sample_generator_timesteps(4000, g, config)
+    assert not anchored.any()
     assert t.min() >= 0.02 and t.max() == 1.0 and (t < 0.2).float().mean() > 0.1
     assert (t == 1).float().mean() == pytest.approx(0.25 + 0.75 * 0.0, abs=0.03)
     assert torch.all(s < t) and (s == 0).float().mean() == pytest.approx(0.5, abs=0.03)
     tau = sample_critic_timesteps(t, s, g)
     assert torch.all(tau >= s) and torch.all(tau <= t)
-    t_plain, _ = sample_generator_timesteps(100, g, DistillationConfig(rectification=False))
+    t_plain, _, _ = sample_generator_timesteps(100, g, DistillationConfig(rectification=False))
     assert torch.all(t_plain == 1)
     with pytest.raises(ValueError):
         DistillationConfig(anystep_prob=1.5)

@@ -29,18 +29,7 @@ from pipeline_teasr.distillation import (
     load_vae,
     run_training,
 )
-
-# A ~4M-parameter pixel-space model (4x4 RGB patches), used when neither --model_config nor a base is given.
-SMALL_PIXEL_CONFIG = dict(
-    patch_size=4,
-    in_channels=48,
-    out_channels=3,
-    num_layers=6,
-    attention_head_dim=32,
-    num_attention_heads=4,
-    joint_attention_dim=64,
-    axes_dims_rope=(8, 12, 12),
-)
+from pipeline_teasr.transformer_teasr import SMALL_PIXEL_CONFIG
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
