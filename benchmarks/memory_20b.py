@@ -281,6 +281,9 @@ def teasr_step(model, heads, optimizer, batch, critic_blocks, mark=_no_mark) -> 
     mark("teasr pass 1 (flow) forward")
     u_flow = model(z_t, c, t, t, **_text(batch)).sample
     loss_flow = F.mse_loss(u_flow.float(), (eps - z0).float())
+    mark("teasr pass 1 backward (before the generator pass, as run_training does)")
+    loss_flow.backward()
+    del u_flow
     mark("teasr pass 2 (generator) forward")
     u_gen = model(z_t, c, t, torch.zeros_like(t), **_text(batch)).sample
     z0_hat = z_t - _view(t) * u_gen
@@ -292,7 +295,7 @@ def teasr_step(model, heads, optimizer, batch, critic_blocks, mark=_no_mark) -> 
         mark("teasr pass 3 (self-critic, fake) forward")
         out = model(_renoise(fake_in, tau, eps2), c, tau, tau, output_hidden_states_at=critic_blocks, **_text(batch))
         loss_adv = -heads(out.block_hidden_states).mean()
-        mark("teasr pass 3 backward to its input (passes 1-2 graphs alive)")
+        mark("teasr pass 3 backward to its input (pass 2 graph alive)")
         (grad_adv,) = torch.autograd.grad(loss_adv, fake_in)
     fake_states = tuple(h.detach() for h in out.block_hidden_states)
     del out
@@ -302,13 +305,13 @@ def teasr_step(model, heads, optimizer, batch, critic_blocks, mark=_no_mark) -> 
             _renoise(z0, tau, eps2), c, tau, tau, output_hidden_states_at=critic_blocks, **_text(batch)
         ).block_hidden_states
     loss_critic = _hinge(heads(real_states), heads(fake_states))
-    loss = loss_flow + loss_rec + (z0_hat.float() * grad_adv.float()).sum() + loss_critic
-    mark("teasr backward (passes 1-2)")
+    loss = loss_rec + (z0_hat.float() * grad_adv.float()).sum() + loss_critic
+    mark("teasr backward (pass 2)")
     loss.backward()
     mark("teasr optimizer step")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": float(loss.detach())} if not _is_fake(loss) else {}
+    return {"loss": float(loss.detach() + loss_flow.detach())} if not _is_fake(loss) else {}
 
 
 def baseline_step(
@@ -613,7 +616,7 @@ def analytic(config: dict[str, Any], args: argparse.Namespace, counts: dict[str,
     base = counts["params"] * BF16
     lora = counts["lora_params"] * (FP32 + FP32 + ADAMW_STATE_BYTES)  # fp32 weights + grads + AdamW states
     heads = counts["critic_head_params"] * (FP32 + FP32 + ADAMW_STATE_BYTES)
-    teasr_alive = 3  # flow + generator graphs are alive while the critic pass backpropagates to its input
+    teasr_alive = 2  # generator + critic graphs while the critic pass backpropagates (the flow pass already did)
     teasr = {
         "frozen_base_bf16": base,
         "lora_weights_grads_adamw_fp32": lora,
@@ -677,9 +680,10 @@ def assumptions(config: dict[str, Any], args: argparse.Namespace) -> list[str]:
         "one_block_working_set: live bytes above the boundaries during a LoRA-trained forward+backward of a 1-block "
         "model of the same width, traced on fake tensors (recomputed activations, LoRA fp32 input casts, backward "
         "temporaries, the pass's inputs/outputs); attention as the traced kernel (flash-style, no N^2 matrix)",
-        "TEASR step (one network): 4 forward passes — flow (LoRA grad), generator (LoRA grad), self-critic on "
-        "re-noised fake (grad to its input only; its backward runs first, while the flow and generator graphs are "
-        "alive: 3 graphs at the peak), self-critic on real (no grad); one backward on the summed losses",
+        "TEASR step (one network): 4 forward passes — flow (LoRA grad, backpropagated at once as run_training "
+        "does), generator (LoRA grad), self-critic on re-noised fake (grad to its input only; its backward runs "
+        "while the generator graph is alive: 2 graphs at the peak), self-critic on real (no grad); then one backward "
+        "on the generator's losses",
         "baseline step (DMD2/VSD style, separate networks): generator (LoRA) + frozen teacher copy + fake-score copy "
         "(LoRA) + discriminator heads on the fake score; 6 forward passes — G (grad), teacher (no grad), fake score "
         "(no grad), D on fake for G (grad to input), fake-score denoising (+D fake logits) (grad), D on real (grad); "

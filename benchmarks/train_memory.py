@@ -63,7 +63,8 @@ TINY: dict[str, Any] = dict(
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 TEASR_PASSES = [
-    "1 call, 2B rows, LoRA/weights grad: flow rows u(z_t', c, t', t') + generator rows u(z_t, c, t, s), batched",
+    "1 call, B rows, LoRA/weights grad: flow rows u(z_t', c, t', t'), backpropagated at once (as run_training does)",
+    "1 call, B rows, LoRA/weights grad: generator rows u(z_t, c, t, s)",
     "1 call, B rows, no grad: self-critic on real z_s re-noised to tau (block states for the heads)",
     "1 call, B rows, parameters frozen, grad to the input: self-critic on fake z_s_hat re-noised to tau",
 ]
@@ -250,17 +251,17 @@ def distillation_config(args: argparse.Namespace):  # -> pipeline_teasr.distilla
 
 
 def teasr_step(parts: dict, z0: torch.Tensor, c: torch.Tensor, args: argparse.Namespace, rng: torch.Generator) -> dict:
-    """The project's own objective, then backward and the optimiser step, as `run_training` does."""
+    """The project's own objective, its early flow-row backward and the final backward, then the optimiser step, as
+    `run_training` does."""
     from pipeline_teasr.distillation import self_adversarial_losses
 
     (optimizer,) = parts["optimizers"]
-    losses = self_adversarial_losses(
-        parts["networks"]["transformer"], z0, c, distillation_config(args), rng, critic_heads=parts["heads"]
-    )
+    model, config = parts["networks"]["transformer"], distillation_config(args)
+    losses = self_adversarial_losses(model, z0, c, config, rng, parts["heads"], backward=torch.Tensor.backward)
     losses["loss"].backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": float(losses["loss"].detach())}
+    return {"loss": float(losses["total"])}
 
 
 def baseline_step(
@@ -614,7 +615,8 @@ def assumptions(args: argparse.Namespace, blocks: list[int], lora_targets: list[
         f"trained transformers: {trained}; torch AdamW (default settings), its states created before the measured "
         f"step (steady state, not a first step); gradient checkpointing {checkpointing}; autocast {amp}",
         "TEASR: pipeline_teasr.distillation.self_adversarial_losses with DistillationConfig(lambda_consistency="
-        f"{args.lambda_consistency}) and CriticHeads on blocks {blocks}, one backward, one AdamW step; "
+        f"{args.lambda_consistency}) and CriticHeads on blocks {blocks}, flow rows backpropagated before the "
+        "generator rows run (as run_training does), one AdamW step; "
         "one transformer in memory",
         "baseline (this script only, DMD2 style): generator = the same transformer (same LoRA/full setting), frozen "
         "teacher copy (in --dtype), trainable fake-score copy (same LoRA/full setting), discriminator = CriticHeads "
@@ -623,8 +625,7 @@ def assumptions(args: argparse.Namespace, blocks: list[int], lora_targets: list[
         "(DMD gradient + 0.01 * non-saturating GAN term, backward, AdamW) then fake-score step (flow-matching loss on "
         "generated samples + logistic D loss on real/fake, D real pass separate from the fake pass, backward, AdamW); "
         "three transformers in memory (no shared-base multi-adapter trick)",
-        "forward_passes_per_step: transformer rows processed / batch (TEASR batches flow + generator rows in one call "
-        "of 2B); heads are not counted",
+        "forward_passes_per_step: transformer rows processed / batch; heads are not counted",
         "each method and repetition in a fresh subprocess; medians over repetitions; a warm-up step of the same "
         "method on a 1-block model runs first so kernels and code pages are resident before the floor",
         "delta_bytes = peak - floor, floor measured after imports, warm-up and batch creation but before the "

@@ -199,11 +199,17 @@ def self_adversarial_losses(
     generator: torch.Generator,
     critic_heads: nn.Module | None = None,
     step: int = 0,
+    backward: Callable[[torch.Tensor], None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One step of TEASR self-adversarial distillation; returns `"loss"` (to backpropagate) and detached terms.
+    """One step of TEASR self-adversarial distillation; returns `"loss"` (to backpropagate), `"total"` and the
+    detached terms.
 
     Forward passes of the one network (no teacher, no discriminator, no second copy):
-    1. trainable, batched: the flow rows `u(z_t', c, t', t')` and the generator rows `u(z_t, c, t, s)`;
+    1. trainable: the flow rows `u(z_t', c, t', t')` and the generator rows `u(z_t, c, t, s)`, batched in one call;
+       or, when `backward` is given, the flow rows alone followed at once by `backward(lambda_flow * L_flow)`, then
+       the generator rows. The flow rows' activations are then freed before the generator and critic passes run
+       (two batches of activations alive at the peak instead of three); the returned `"loss"` holds the remaining
+       terms only. Same random draws, same gradients.
     2. critic on real `z_s` renoised to tau, with no gradient at all;
     3. critic on fake `z_s_hat` renoised to tau (same noise), parameters frozen so only the generator's output
        receives gradient; the heads read both (their own hinge loss on detached states) and, frozen, score the fake
@@ -228,14 +234,21 @@ def self_adversarial_losses(
     t, s, anchored = sample_generator_timesteps(batch, generator, config)
     t_flow, t, s, anchored = t_flow.to(device), t.to(device), s.to(device), anchored.to(device)
     z_t = interpolate(torch.where(anchored.view(-1, *([1] * (z0.ndim - 1))), c, z0), eps, t)
-    u_all = model(
-        torch.cat([interpolate(z0, eps_flow, t_flow), z_t]),
-        torch.cat([c, c]),
-        timestep=torch.cat([t_flow, t]),
-        target_timestep=torch.cat([t_flow, s]),
-    ).sample
-    u_flow, u_gen = u_all.chunk(2)
-    loss_flow = flow_matching_loss(u_flow, z0, eps_flow)
+    z_flow = interpolate(z0, eps_flow, t_flow)
+    if backward is None:
+        u_all = model(
+            torch.cat([z_flow, z_t]),
+            torch.cat([c, c]),
+            timestep=torch.cat([t_flow, t]),
+            target_timestep=torch.cat([t_flow, s]),
+        ).sample
+        u_flow, u_gen = u_all.chunk(2)
+        loss_flow = flow_matching_loss(u_flow, z0, eps_flow)
+    else:
+        loss_flow = flow_matching_loss(model(z_flow, c, timestep=t_flow, target_timestep=t_flow).sample, z0, eps_flow)
+        backward(config.lambda_flow * loss_flow)
+        loss_flow = loss_flow.detach()
+        u_gen = model(z_t, c, timestep=t, target_timestep=s).sample
 
     z_s_hat = flow_map_step(z_t, u_gen, t, s)
     z_s = interpolate(z0, eps, s)
@@ -287,15 +300,16 @@ def self_adversarial_losses(
         loss_cons = consistency_loss(u_gen, u_target)
 
     lambda_adv = config.adversarial_weight(step) if config.uses_critic else 0.0
-    total = (
-        config.lambda_flow * loss_flow
-        + config.lambda_rec * loss_rec
+    rest = (
+        config.lambda_rec * loss_rec
         + lambda_adv * loss_adv
         + config.lambda_critic * loss_critic
         + config.lambda_consistency * loss_cons
     )
+    total = config.lambda_flow * loss_flow + rest
     return {
-        "loss": total,
+        "loss": total if backward is None else rest,
+        "total": total.detach(),
         "flow": loss_flow.detach(),
         "rec": loss_rec.detach(),
         "adv": loss_adv.detach(),
@@ -315,7 +329,8 @@ class FlowMatchingObjective:
         self.scheme, self.logit_mean, self.logit_std = scheme, logit_mean, logit_std
         self.modules: dict[str, nn.Module] = {}
 
-    def __call__(self, model, z0, c, generator, step) -> dict[str, torch.Tensor]:
+    def __call__(self, model, z0, c, generator, step, backward=None) -> dict[str, torch.Tensor]:
+        # One pass: everything is returned in "loss", `backward` (for early partial backwards) is not needed.
         return flow_matching_losses(model, z0, c, generator, self.scheme, self.logit_mean, self.logit_std)
 
 
@@ -328,10 +343,9 @@ class SelfAdversarialObjective:
         self.config = config
         self.modules: dict[str, nn.Module] = {"critic_heads": critic_heads} if critic_heads is not None else {}
 
-    def __call__(self, model, z0, c, generator, step) -> dict[str, torch.Tensor]:
-        return self_adversarial_losses(
-            model, z0, c, self.config, generator, critic_heads=self.modules.get("critic_heads"), step=step
-        )
+    def __call__(self, model, z0, c, generator, step, backward=None) -> dict[str, torch.Tensor]:
+        heads = self.modules.get("critic_heads")
+        return self_adversarial_losses(model, z0, c, self.config, generator, heads, step=step, backward=backward)
 
 
 def parse_critic_blocks(value: str, num_layers: int) -> tuple[int, ...]:
@@ -1037,6 +1051,17 @@ def run_training(
     upsized = 0
     micro_step, window_bad = 0, False
     losses: dict[str, torch.Tensor] = {}
+
+    def backward_if_finite(loss: torch.Tensor) -> None:
+        """Backpropagate (all or part of) a step's loss, unless it is non-finite on some process: then the
+        accumulation window is marked bad and its update skipped. Objectives call it for early partial losses."""
+        nonlocal window_bad
+        flag = torch.isfinite(loss.detach()).float().reshape(1)
+        if bool(accelerator.gather(flag).min() > 0):
+            accelerator.backward(loss)
+        else:
+            window_bad = True
+
     try:
         for epoch in range(first_epoch, num_epochs):
             if global_step >= max_train_steps:
@@ -1065,12 +1090,10 @@ def run_training(
                         c = pipe.encode_images(lq_condition_pixels(lq, tuple(hq.shape[-2:]))).float()
                         z0 = pipe.encode_images(hq).float()
                     with accelerator.autocast():
-                        losses = objective(transformer, z0, c, noise_generator, global_step)
-                    flag = torch.isfinite(losses["loss"].detach()).float().reshape(1)
-                    if bool(accelerator.gather(flag).min() > 0):
-                        accelerator.backward(losses["loss"])
-                    else:
-                        window_bad = True
+                        losses = objective(
+                            transformer, z0, c, noise_generator, global_step, backward=backward_if_finite
+                        )
+                    backward_if_finite(losses["loss"])
                     micro_step += 1
                     if accelerator.sync_gradients:
                         if not window_bad:
@@ -1090,7 +1113,7 @@ def run_training(
                 logs = {f"loss/{k}": float(v) for k, v in losses.items() if k != "loss"}
                 logs.update(
                     {
-                        "loss/total": float(losses["loss"].detach()),
+                        "loss/total": float(losses.get("total", losses["loss"]).detach()),
                         "lr": lr_scheduler.get_last_lr()[0],
                         "data/skipped_images": len(skipped_rows),
                         "data/upsized_images": upsized,

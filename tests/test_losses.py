@@ -259,6 +259,36 @@ def test_every_loss_term_is_finite_and_trains(config_kwargs, model_kwargs):
     assert torch.isfinite(flow["loss"]) and flow["loss"].requires_grad
 
 
+def test_early_flow_backward_gives_the_same_losses_and_gradients():
+    """`run_training` backpropagates the flow rows before the generator rows run (less memory): same step."""
+    config = DistillationConfig(lambda_consistency=0.5, lambda_flow=0.7)
+    z0, c = tiny_batch()
+    grads, totals = [], []
+    for split in (False, True):
+        model = tiny_transformer()
+        heads = random_heads(model)
+        partial: list[torch.Tensor] = []
+
+        def backward(loss: torch.Tensor, seen: list[torch.Tensor] = partial) -> None:
+            seen.append(loss.detach())
+            loss.backward()
+
+        losses = self_adversarial_losses(
+            model, z0, c, config, torch.Generator().manual_seed(0), heads, backward=backward if split else None
+        )
+        losses["loss"].backward()
+        assert len(partial) == int(split)
+        if split:  # the early part is the weighted flow loss; "loss" holds the rest, "total" both
+            torch.testing.assert_close(partial[0], config.lambda_flow * losses["flow"])
+            torch.testing.assert_close(losses["total"], partial[0] + losses["loss"].detach())
+        totals.append(losses["total"])
+        grads.append([p.grad.clone() for p in (*model.parameters(), *heads.parameters()) if p.grad is not None])
+    torch.testing.assert_close(totals[0], totals[1])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for plain, split in zip(*grads):
+        torch.testing.assert_close(plain, split, rtol=1e-4, atol=1e-6)
+
+
 def _grad_total(module: nn.Module) -> float:
     return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
 
