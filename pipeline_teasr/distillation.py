@@ -644,6 +644,18 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
     add("--adam_epsilon", type=float, default=1e-8)
     add("--max_grad_norm", type=float, default=1.0)
     add(
+        "--use_ema",
+        action="store_true",
+        help="Keep an exponential moving average of the trained transformer parameters (LoRA or full) and save it "
+        "as the final weights; checkpoints hold the raw weights and the average.",
+    )
+    add(
+        "--ema_decay",
+        type=float,
+        default=0.999,
+        help="Upper bound of the EMA decay; diffusers' EMAModel ramps it up as (1 + step) / (10 + step).",
+    )
+    add(
         "--max_bad_steps",
         type=int,
         default=10,
@@ -707,6 +719,8 @@ def check_common_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--validation_image {path!r} does not exist.")
     if args.max_bad_steps < 1:
         raise ValueError("--max_bad_steps must be >= 1.")
+    if not 0.0 < args.ema_decay < 1.0:
+        raise ValueError(f"--ema_decay must lie in (0, 1), got {args.ema_decay}.")
 
 
 # ====================================================================================================================
@@ -972,6 +986,13 @@ def run_training(
     objective.modules = dict(zip(extra_names, extras))
     train_modules = [transformer, *extras]
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    transformer_params = [p for p in transformer.parameters() if p.requires_grad]
+    ema = None
+    if args.use_ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(transformer_params, decay=args.ema_decay)
+        accelerator.register_for_checkpointing(ema)
     if args.streaming:
         # A stream is re-shuffled and replayed (epoch = pass over the stream) until max_train_steps.
         steps_per_epoch, num_epochs = None, 2**31
@@ -1102,6 +1123,8 @@ def run_training(
                             window_bad = grad_norm is not None and not math.isfinite(float(grad_norm))
                         if not window_bad:
                             optimizer.step()
+                            if ema is not None:
+                                ema.step(transformer_params)
                         lr_scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
 
@@ -1147,6 +1170,9 @@ def run_training(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model = unwrap_module(transformer)
+        if ema is not None:
+            ema.copy_to(transformer_params)
+            log.info("Final transformer weights: the exponential moving average (--use_ema).")
         assert_finite_parameters(model, *[unwrap_module(m) for m in extras])
         for name, module in zip(extra_names, extras):
             unwrap_module(module).save_pretrained(os.path.join(args.output_dir, name))

@@ -226,6 +226,7 @@ def test_resume_continues_at_the_right_step_with_identical_state(photo_folder, t
             *common_args(photo_folder, out, str(tmp_path / "cache"), steps),
             "--pretrained_model_name_or_path", tiny_pipeline_dir, "--train_batch_size", "3", "--rank", "4",
             "--lora_alpha", "4", "--checkpointing_steps", "2", "--report_to", "none",
+            "--use_ema", "--ema_decay", "0.5",
         ]  # fmt: skip
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -243,10 +244,14 @@ def test_resume_continues_at_the_right_step_with_identical_state(photo_folder, t
         assert float(a["state"][key]["step"]) == float(b["state"][key]["step"]) == 4
         for name in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(a["state"][key][name], b["state"][key][name], rtol=0, atol=1e-7)
+    # Final LoRA = the moving average (resumed from the checkpoint too), not the raw weights the checkpoint holds.
     for file in ("pytorch_lora_weights.safetensors", "critic_heads/critic_heads.safetensors"):
         x, y = load_file(straight / file), load_file(resumed / file)
         for key in x:
             torch.testing.assert_close(x[key], y[key], rtol=0, atol=1e-7)
+    final = load_file(straight / "pytorch_lora_weights.safetensors")
+    raw = load_file(straight / "checkpoint-4" / "pytorch_lora_weights.safetensors")
+    assert final.keys() == raw.keys() and any(not torch.equal(final[k], raw[k]) for k in final)
 
 
 def test_full_finetune_distillation_saves_a_loadable_pipeline(photo_folder, tiny_pipeline_dir, tmp_path):
@@ -288,6 +293,8 @@ def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_pa
         run_in_process("train_teasr_lora", [*args, "--pretrained_model_name_or_path", str(not_a_model)])
     with pytest.raises(ValueError, match="--lq_skip adds a new layer that a LoRA cannot train"):
         run_in_process("train_teasr_lora", [*args, *base, "--lq_skip"])
+    with pytest.raises(ValueError, match="--ema_decay must lie in"):
+        run_in_process("train_teasr_lora", [*args, *base, "--use_ema", "--ema_decay", "1.0"])
     assert not glob.glob(str(out / "checkpoint-*")) and not glob.glob(str(out / "*.safetensors"))
 
 
