@@ -111,6 +111,9 @@ def add_export_parser(commands) -> None:
     parser.add_argument("--lora-scale", type=float, default=1.0, help="LoRA scale when fusing")
     parser.add_argument("--card-json", nargs="+", default=[], metavar="JSON", help="`teasr eval` reports")
     parser.add_argument("--training-recipe", default=None, metavar="FILE", help="Markdown file for the card")
+    parser.add_argument(
+        "--card-image", nargs="+", default=[], metavar="IMAGE", help="PNG/JPEG figures for the card (into assets/)"
+    )
     parser.add_argument("--model-name", default=None, help="card title (default: OUT's folder name)")
     parser.add_argument("--base-model", default=None, help="Hub id of the base model (card metadata)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -312,6 +315,7 @@ def run_export(args: argparse.Namespace) -> int:
             lora_scale=args.lora_scale,
             card_jsons=args.card_json,
             training_recipe_file=args.training_recipe,
+            card_images=args.card_image,
             model_name=args.model_name,
             repo_id=args.push,
             base_model=args.base_model,

@@ -22,6 +22,7 @@ __all__ = ["ExportError", "export_pipeline", "find_lora_file", "push_folder"]
 
 # Weight formats that must not appear in an export (pickles); safetensors only.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+CARD_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class ExportError(ValueError):
@@ -79,6 +80,7 @@ def export_pipeline(
     repo_id: str | None = None,
     base_model: str | None = None,
     overwrite: bool = False,
+    card_images: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Write the Hub folder ``output`` from the pipeline folder ``model`` (plus a LoRA, fused or shipped alongside).
 
@@ -92,6 +94,7 @@ def export_pipeline(
         card_jsons: `teasr eval` JSON reports for the card; training_recipe / training_recipe_file: its recipe.
         model_name: the card title (default: the output folder's name); repo_id: used in the card's snippets.
         base_model: Hub id of the base model for the card metadata.
+        card_images: PNG / JPEG figures (e.g. the quality-vs-steps plot), copied to `assets/` and shown in the card.
 
     Returns the output folder.
     """
@@ -103,6 +106,12 @@ def export_pipeline(
     if target.exists() and not target.is_dir():
         raise ExportError(f"{target} exists and is not a folder")
     lora_file = find_lora_file(lora) if lora is not None else None
+    images = [Path(image) for image in card_images]
+    for image in images:
+        if not image.is_file() or image.suffix.lower() not in CARD_IMAGE_SUFFIXES:
+            raise ExportError(f"--card-image {image} is not a PNG or JPEG file")
+    if len({image.name for image in images}) != len(images):
+        raise ExportError("--card-image files must have distinct names")
 
     pipe = _load_pipeline(model)
     # Build the card first: a bad JSON or recipe path fails before anything is written.
@@ -116,6 +125,7 @@ def export_pipeline(
             base_model=base_model,
             lora_weight_name=LORA_WEIGHT_NAME if lora_file is not None and not fuse else None,
             fused_lora=str(lora_file) if lora_file is not None and fuse else None,
+            images=[f"assets/{image.name}" for image in images],
         )
     except ValueError as error:
         raise ExportError(str(error)) from None
@@ -133,6 +143,9 @@ def export_pipeline(
         pipe.save_pretrained(staging)
         if lora_file is not None and not fuse:
             shutil.copyfile(lora_file, staging / LORA_WEIGHT_NAME)
+        for image in images:
+            (staging / "assets").mkdir(exist_ok=True)
+            shutil.copyfile(image, staging / "assets" / image.name)
         write_model_card(card, staging / "README.md")
         validate_model_card(staging / "README.md", expected_results=len(card.data.eval_results or []))
         pickles = [p for p in staging.rglob("*") if p.suffix in _PICKLE_SUFFIXES]

@@ -200,6 +200,7 @@ def build_model_card(
     fused_lora: str | None = None,
     description: str | None = None,
     limitations: str | None = None,
+    images: Sequence[str] = (),
 ) -> ModelCard:
     """Build the model card from evaluation ``reports`` (dicts of :func:`pipeline_teasr.evaluation.evaluate`).
 
@@ -213,6 +214,7 @@ def build_model_card(
         fused_lora: where a LoRA that was merged into these weights came from.
         description: an extra paragraph after the introduction.
         limitations: an extra limitation.
+        images: paths inside the model folder (e.g. `assets/steps.png`) of figures shown under the results tables.
     """
     eval_results = eval_results_from_reports(reports)
     data = ModelCardData(
@@ -253,6 +255,7 @@ def build_model_card(
             "## Steps vs quality",
             "",
             _results_section(reports),
+            *[f"![{Path(image).stem}]({image})\n" for image in images],
             "## Evaluation protocol",
             "",
             "PSNR and SSIM are computed on the Y channel (BT.601, MATLAB `rgb2ycbcr`) after cropping as many border "

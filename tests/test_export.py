@@ -108,7 +108,10 @@ def test_model_card_script_builds_a_valid_card_from_eval_json(eval_json, tmp_pat
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, tiny_pipeline_dir, lora_dir, eval_json) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("exports")
+    plot = root.parent / "steps_plot.png"
+    random_photo(16, 12, seed=5).save(plot)
     common = ["--model", tiny_pipeline_dir, "--lora", str(lora_dir), "--card-json", str(eval_json)]
+    common += ["--card-image", str(plot)]
     assert main(["export", str(root / "fused"), *common, "--fuse"]) == 0
     assert main(["export", str(root / "unfused"), *common]) == 0
     return {"root": root, "fused": root / "fused", "unfused": root / "unfused"}
@@ -131,6 +134,9 @@ def test_exported_folders_are_complete_safetensors_only_and_atomic(exports, tiny
     assert not (exports["fused"] / "pytorch_lora_weights.safetensors").exists()
     assert 'weight_name="pytorch_lora_weights.safetensors"' in (exports["unfused"] / "README.md").read_text()
     assert "LoRA merged into the base transformer" in (exports["fused"] / "README.md").read_text()
+    for kind in ("fused", "unfused"):  # the figure is shipped and shown in the card
+        assert (exports[kind] / "assets" / "steps_plot.png").is_file()
+        assert "![steps_plot](assets/steps_plot.png)" in (exports[kind] / "README.md").read_text()
     # no staging folders are left next to the outputs
     assert sorted(p.name for p in exports["root"].iterdir()) == ["fused", "unfused"]
 
@@ -145,6 +151,8 @@ def test_exported_folders_are_complete_safetensors_only_and_atomic(exports, tiny
     assert not (target / "stale.txt").exists() and (target / "model_index.json").is_file()
     broken = exports["root"] / "broken"
     assert main(["export", str(broken), "--model", tiny_pipeline_dir, "--card-json", str(target / "nope.json")]) == 2
+    assert main(["export", str(broken), "--model", tiny_pipeline_dir, "--card-image", str(target / "README.md")]) == 2
+    assert "is not a PNG or JPEG file" in capsys.readouterr().err
     assert not broken.exists()
     assert sorted(p.name for p in exports["root"].iterdir()) == ["fused", "plain", "unfused"]
 

@@ -93,7 +93,7 @@ fi
 if has_stage export; then
   $PY -m pipeline_teasr.cli export model_card --model "$RUNS/teasr" --overwrite --model-name teasr-mini \
     --card-json "$RUNS/eval/teasr_light.json" "$RUNS/eval/teasr_bicubic.json" \
-    --training-recipe train_scripts/teasr_mini/RECIPE.md
+    --training-recipe train_scripts/teasr_mini/RECIPE.md --card-image docs/teasr_mini_steps.png
   $PY - "$START_T" <<'PYTHON'
 import sys
 from pipeline_teasr import TEASRPipeline
