@@ -1,0 +1,150 @@
+"""How fast can an architecture learn plain x4 regression (LQ -> HQ) at teasr-mini's budget? A capacity probe.
+
+    python train_scripts/teasr_mini/regression_probe.py --arch dit    # teasr-mini's transformer, one jump
+    python train_scripts/teasr_mini/regression_probe.py --arch cnn    # a 16-convolution residual CNN
+
+Trains with an L1 loss straight from the bicubic-upscaled LQ image (no noise, no distillation) on the recipe's data
+and degradations (64 x 64 crops of the training photos, batch 8, AdamW), and prints, every `--eval_every` steps, one
+JSON line with the PSNR-Y gain over bicubic of the raw and the moving-average (EMA) weights on 8 fixed crops of
+TRAINING photos (128 x 128, never the held-out set). A model that cannot beat bicubic this way will not do so after
+distillation either: regression to the mean is the best PSNR any 1-step sampler can reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline_teasr.degradations import DegradationConfig, RealWorldDegradation
+from pipeline_teasr.metrics import psnr_y
+from pipeline_teasr.transformer_teasr import SMALL_PIXEL_CONFIG, TEASRTransformer2DModel
+
+EVAL_CROPS = (
+    ("Garden_25.png", 0.3, 0.4),
+    ("Wood_25.png", 0.5, 0.5),
+    ("Aqua_25.png", 0.6, 0.3),
+    ("Garden_25.png", 0.7, 0.8),
+    ("Blinds_50.png", 0.2, 0.6),
+    ("Aqua_50.png", 0.8, 0.1),
+    ("Wood_50.png", 0.1, 0.9),
+    ("Blinds_25.png", 0.5, 0.5),
+)
+
+
+class ResidualCNN(nn.Module):
+    """A plain SR baseline: conv, `blocks` residual blocks of two 3x3 convolutions, conv; predicts HQ - c."""
+
+    def __init__(self, channels: int = 64, blocks: int = 8):
+        super().__init__()
+        self.head = nn.Conv2d(3, channels, 3, padding=1)
+        conv = lambda: nn.Conv2d(channels, channels, 3, padding=1)  # noqa: E731
+        self.body = nn.ModuleList(nn.Sequential(conv(), nn.ReLU(), conv()) for _ in range(blocks))
+        self.tail = nn.Conv2d(channels, 3, 3, padding=1)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        h = self.head(c)
+        for block in self.body:
+            h = h + block(h)
+        return c + self.tail(h)
+
+
+class OneJumpTransformer(nn.Module):
+    """teasr-mini's transformer (with the LQ skip) used as a regressor: `c - u(c, c, t=1, s=0)`."""
+
+    def __init__(self):
+        super().__init__()
+        self.transformer = TEASRTransformer2DModel(**SMALL_PIXEL_CONFIG, lq_skip=True)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return c - self.transformer(c, c, timestep=1.0, target_timestep=0.0).sample
+
+
+def to_tensor(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(PIL.Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def upscale(lq: torch.Tensor, size: int) -> torch.Tensor:
+    """Bicubic upscaling to `size`, in [-1, 1] (the pipeline's pixel-space latents)."""
+    return F.interpolate(lq, size=(size, size), mode="bicubic", align_corners=False) * 2 - 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=("dit", "cnn"), required=True)
+    parser.add_argument("--data", type=Path, default=Path("data/teasr_mini/train"))
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--learning_rate", type=float, default=4e-4)
+    parser.add_argument("--ema_decay", type=float, default=0.99)
+    parser.add_argument("--eval_every", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+
+    files = sorted(args.data.glob("*.png"))
+    if not files:
+        raise SystemExit(f"error: no PNG photos in {args.data} (run the recipe's data stage first)")
+    photos = {path.name: to_tensor(path) for path in files}
+    degrade = RealWorldDegradation(DegradationConfig.light())
+    evaluation = []
+    for index, (name, fy, fx) in enumerate(EVAL_CROPS):
+        photo = photos[name]
+        top, left = int((photo.shape[1] - 128) * fy), int((photo.shape[2] - 128) * fx)
+        hq = photo[:, top : top + 128, left : left + 128].contiguous()
+        evaluation.append((hq, degrade(hq[None], torch.Generator().manual_seed(index))))
+
+    model = OneJumpTransformer() if args.arch == "dit" else ResidualCNN()
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
+
+    def gain(net: nn.Module) -> float:
+        net.eval()
+        gains = []
+        with torch.no_grad():
+            for hq, lq in evaluation:
+                c = upscale(lq, 128)
+                truth = hq.permute(1, 2, 0).numpy()
+                out = ((net(c) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+                bicubic = ((c + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+                gains.append(psnr_y(out, truth, 4) - psnr_y(bicubic, truth, 4))
+        net.train()
+        return round(float(np.mean(gains)), 3)
+
+    rng = np.random.default_rng(args.seed)
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    names = list(photos)
+    start = time.time()
+    for step in range(1, args.steps + 1):
+        crops = []
+        for _ in range(8):
+            photo = photos[names[rng.integers(len(names))]]
+            y = 4 * int(rng.integers(0, (photo.shape[1] - 64) // 4))
+            x = 4 * int(rng.integers(0, (photo.shape[2] - 64) // 4))
+            crop = photo[:, y : y + 64, x : x + 64]
+            crops.append(crop.flip(-1) if rng.random() < 0.5 else crop)
+        hq = torch.stack(crops)
+        lq = torch.cat([degrade(crop[None].contiguous(), generator) for crop in hq])
+        loss = F.l1_loss(model(upscale(lq, 64)), hq * 2 - 1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        decay = min(args.ema_decay, (1 + step) / (10 + step))  # diffusers EMAModel's warm-up
+        with torch.no_grad():
+            for averaged, live in zip(ema.parameters(), model.parameters()):
+                averaged.lerp_(live, 1 - decay)
+        if step % args.eval_every == 0 or step == args.steps:
+            line = {"arch": args.arch, "step": step, "gain_db": gain(model), "ema_gain_db": gain(ema)}
+            print(json.dumps({**line, "loss": round(loss.item(), 4), "s": round(time.time() - start)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
