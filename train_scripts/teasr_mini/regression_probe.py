@@ -2,6 +2,7 @@
 
     python train_scripts/teasr_mini/regression_probe.py --arch dit    # teasr-mini's transformer, one jump
     python train_scripts/teasr_mini/regression_probe.py --arch cnn    # a 16-convolution residual CNN
+    python train_scripts/teasr_mini/regression_probe.py --arch hybrid # the transformer + a light residual conv path
 
 Trains with an L1 loss straight from the bicubic-upscaled LQ image (no noise, no distillation) on the recipe's data
 and degradations (64 x 64 crops of the training photos, batch 8, AdamW), and prints, every `--eval_every` steps, one
@@ -60,12 +61,27 @@ class ResidualCNN(nn.Module):
 class OneJumpTransformer(nn.Module):
     """teasr-mini's transformer (with the LQ skip) used as a regressor: `c - u(c, c, t=1, s=0)`."""
 
-    def __init__(self):
+    def __init__(self, zero_output: bool = False):
         super().__init__()
         self.transformer = TEASRTransformer2DModel(**SMALL_PIXEL_CONFIG, lq_skip=True)
+        if zero_output:  # start from the bicubic input exactly (DiT's zero-initialised final layer)
+            nn.init.zeros_(self.transformer.proj_out.weight)
+            nn.init.zeros_(self.transformer.proj_out.bias)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         return c - self.transformer(c, c, timestep=1.0, target_timestep=0.0).sample
+
+
+class HybridRegressor(nn.Module):
+    """The one-jump transformer plus a light residual conv path on `c` (32 channels, 4 blocks), outputs summed."""
+
+    def __init__(self):
+        super().__init__()
+        self.transformer = OneJumpTransformer()
+        self.convs = ResidualCNN(channels=32, blocks=4)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.transformer(c) + self.convs(c) - c
 
 
 def to_tensor(path: Path) -> torch.Tensor:
@@ -79,13 +95,14 @@ def upscale(lq: torch.Tensor, size: int) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=("dit", "cnn"), required=True)
+    parser.add_argument("--arch", choices=("dit", "cnn", "hybrid"), required=True)
     parser.add_argument("--data", type=Path, default=Path("data/teasr_mini/train"))
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--learning_rate", type=float, default=4e-4)
     parser.add_argument("--ema_decay", type=float, default=0.99)
     parser.add_argument("--eval_every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--zero_output", action="store_true", help="dit: zero-initialise the output projection")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -102,7 +119,11 @@ def main() -> None:
         hq = photo[:, top : top + 128, left : left + 128].contiguous()
         evaluation.append((hq, degrade(hq[None], torch.Generator().manual_seed(index))))
 
-    model = OneJumpTransformer() if args.arch == "dit" else ResidualCNN()
+    model = {
+        "dit": lambda: OneJumpTransformer(zero_output=args.zero_output),
+        "cnn": ResidualCNN,
+        "hybrid": HybridRegressor,
+    }[args.arch]()
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
 
