@@ -183,12 +183,12 @@ def flow_matching_losses(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """One step of flow matching in the s = t mode: `{"loss", "flow"}`."""
+    """One step of flow matching in the s = t mode: `{"loss", "total", "flow"}`."""
     eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(z0)
     t = sample_flow_timesteps(z0.shape[0], generator, scheme, logit_mean, logit_std).to(z0.device)
     u = model(interpolate(z0, eps, t), c, timestep=t, target_timestep=t).sample
     loss = flow_matching_loss(u, z0, eps)
-    return {"loss": loss, "flow": loss.detach()}
+    return {"loss": loss, "total": loss.detach(), "flow": loss.detach()}
 
 
 def self_adversarial_losses(
@@ -822,7 +822,9 @@ def run_training(
 
     `load_base(args, torch_dtype)` returns a `TEASRPipeline` on the CPU (the frozen base of a LoRA is loaded
     directly in the mixed-precision dtype); `build_objective(args, transformer)` the objective,
-    whose `modules` (e.g. the critic heads) are trained alongside the transformer.
+    whose `modules` (e.g. the critic heads) are trained alongside the transformer. An objective call returns
+    `"loss"` (what is left to backpropagate; earlier parts go through its `backward` argument), `"total"` (the
+    whole step's loss, detached) and detached terms; everything but `"loss"` is logged as `loss/<name>`.
     """
     from accelerate import Accelerator
     from accelerate.logging import get_logger
@@ -1136,7 +1138,6 @@ def run_training(
                 logs = {f"loss/{k}": float(v) for k, v in losses.items() if k != "loss"}
                 logs.update(
                     {
-                        "loss/total": float(losses.get("total", losses["loss"]).detach()),
                         "lr": lr_scheduler.get_last_lr()[0],
                         "data/skipped_images": len(skipped_rows),
                         "data/upsized_images": upsized,
