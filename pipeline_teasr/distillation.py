@@ -592,6 +592,15 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
         help="Add the zero-initialised LQ skip (lq_skip=True in the transformer config) if the model has none; "
         "needs --full_finetune. Speeds up small models trained from scratch.",
     )
+    add(
+        "--conv_channels",
+        type=int,
+        default=0,
+        help="Add the zero-initialised token-grid conv path with this width (conv_channels in the transformer "
+        "config) if the model has none; needs --full_finetune. Small models trained from scratch learn local detail "
+        "much faster with it.",
+    )
+    add("--conv_blocks", type=int, default=4, help="Residual blocks of the conv path added by --conv_channels.")
     add("--gradient_checkpointing", action="store_true", help="Recompute block activations in the backward pass.")
     # Data.
     add("--train_data_dir", type=str, default=None, help="A local folder of images (🤗 datasets imagefolder).")
@@ -721,6 +730,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError("--max_bad_steps must be >= 1.")
     if not 0.0 < args.ema_decay < 1.0:
         raise ValueError(f"--ema_decay must lie in (0, 1), got {args.ema_decay}.")
+    if args.conv_channels < 0 or args.conv_blocks < 0:
+        raise ValueError(f"--conv_channels / --conv_blocks must be >= 0: {args.conv_channels} / {args.conv_blocks}.")
 
 
 # ====================================================================================================================
@@ -895,6 +906,10 @@ def run_training(
         if lora:
             raise ValueError("--lq_skip adds a new layer that a LoRA cannot train: use it with --full_finetune.")
         transformer.enable_lq_skip()
+    if args.conv_channels:
+        if lora:
+            raise ValueError("--conv_channels adds new layers that a LoRA cannot train: use it with --full_finetune.")
+        transformer.enable_conv_path(args.conv_channels, args.conv_blocks)
     if args.coupled_timestep:
         transformer.register_to_config(decoupled_timestep=False)
         if not args.full_finetune:

@@ -84,6 +84,58 @@ def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
     return layer
 
 
+class TokenGridConvPath(nn.Module):
+    """
+    Residual 3x3 convolutions over the token grid of the noisy and LQ patches, next to the transformer.
+
+    A small patch transformer trained from scratch learns the local, pixel-level part of super-resolution (edges,
+    texture continuation) slowly: every token sees its neighbours only through attention. This path gives it a
+    convolutional trunk on the same grid (one position per token, `2 * patch_channels` inputs), modulated by both
+    timesteps, whose features are added to the noisy tokens and also refine the output patches. Both outputs are
+    zero at initialisation, so a model that gains the path computes exactly what it computed before.
+    """
+
+    def __init__(self, patch_channels: int, channels: int, num_blocks: int, inner_dim: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(2 * patch_channels, channels, 3, padding=1)
+        self.time_modulation = _zero_linear(2 * inner_dim, 2 * channels)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1)
+            )
+            for _ in range(num_blocks)
+        )
+        self.to_tokens = _zero_conv(channels, inner_dim, 1)
+        self.to_patches = _zero_conv(channels + patch_channels, patch_channels, 3)
+
+    def encode(
+        self, noisy_grid: torch.Tensor, lq_grid: torch.Tensor, temb_t: torch.Tensor, temb_s: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features `(B, channels, h, w)` and the token update `(B, h * w, inner_dim)` for the noisy tokens."""
+        features = self.conv_in(torch.cat([noisy_grid, lq_grid], dim=1))
+        scale, shift = self.time_modulation(nn.functional.silu(torch.cat([temb_t, temb_s], dim=1))).chunk(2, dim=1)
+        features = features * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        for block in self.blocks:
+            features = features + block(features)
+        return features, self.to_tokens(features).flatten(2).transpose(1, 2)
+
+    def refine(self, features: torch.Tensor, output_grid: torch.Tensor) -> torch.Tensor:
+        """The transformer's output patches `(B, patch_channels, h, w)` plus a local correction."""
+        return output_grid + self.to_patches(torch.cat([features, output_grid], dim=1))
+
+
+def _zero_conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _tokens_to_grid(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, h * w, D) -> (B, D, h, w), one grid position per token (the row-major order of `pack_latents`)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+
+
 def _as_batch_timestep(value: float | torch.Tensor, batch_size: int, device: torch.device, name: str) -> torch.Tensor:
     if not torch.is_tensor(value) and not 0.0 <= float(value) <= 1.0:
         # Tensors are not range-checked here: that would synchronise the device on every call.
@@ -127,6 +179,9 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             embedding of the noisy token at the same position. A model trained from scratch then reads the LQ image
             without first having to learn an attention pattern that finds it; pretrained weights are unaffected
             (see `enable_lq_skip`).
+        conv_channels (`int`): width of the convolutional path on the token grid (`TokenGridConvPath`); 0 (the
+            default, and every Qwen-Image folder) means none. See `enable_conv_path`.
+        conv_blocks (`int`): residual blocks of that path.
         num_null_prompt_tokens (`int`): length of the learned null prompt.
         guidance_embeds, zero_cond_t, use_additional_t_cond, use_layer3d_rope: accepted for config compatibility
             with Qwen-Image folders. TEASR always modulates the LQ branch with `s`; the Qwen-Image-Layered options
@@ -156,6 +211,8 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         decoupled_timestep: bool = True,
         num_null_prompt_tokens: int = 1,
         lq_skip: bool = False,
+        conv_channels: int = 0,
+        conv_blocks: int = 0,
     ):
         super().__init__()
         if use_additional_t_cond or use_layer3d_rope:
@@ -168,6 +225,11 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 f"`in_channels` ({in_channels}) must equal out_channels * patch_size**2 "
                 f"({out_channels} * {patch_size}**2): tokens pack one patch of the latents."
             )
+        if conv_channels < 0 or conv_blocks < 0 or (conv_blocks and not conv_channels):
+            raise ValueError(
+                f"`conv_channels` ({conv_channels}) and `conv_blocks` ({conv_blocks}) must be >= 0, and blocks need "
+                "channels."
+            )
         if sum(axes_dims_rope) != attention_head_dim:
             raise ValueError(f"`axes_dims_rope` {tuple(axes_dims_rope)} must sum to attention_head_dim.")
         self.out_channels = out_channels
@@ -179,6 +241,9 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.img_in = nn.Linear(in_channels, self.inner_dim)
         self.txt_in = nn.Linear(joint_attention_dim, self.inner_dim)
         self.lq_skip_in = _zero_linear(in_channels, self.inner_dim) if lq_skip else None
+        self.conv_path = (
+            TokenGridConvPath(in_channels, conv_channels, conv_blocks, self.inner_dim) if conv_channels else None
+        )
         # zero_cond_t=True makes each block read a (2B, D) embedding: rows [:B] modulate noisy and text tokens,
         # rows [B:] the second image stream. TEASR fills the second half with the target timestep s.
         self.transformer_blocks = nn.ModuleList(
@@ -204,6 +269,22 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             layer = _zero_linear(self.config.in_channels, self.inner_dim)
             self.lq_skip_in = layer.to(self.img_in.weight.device, self.img_in.weight.dtype)
             self.register_to_config(lq_skip=True)
+
+    def enable_conv_path(self, channels: int, num_blocks: int) -> None:
+        """Add the token-grid convolutional path (`conv_channels`, `conv_blocks`) to a model that has none; its
+        outputs start at zero, so the model's outputs are unchanged until it is trained."""
+        if self.conv_path is not None:
+            if (channels, num_blocks) != (self.config.conv_channels, self.config.conv_blocks):
+                raise ValueError(
+                    f"This model already has a conv path ({self.config.conv_channels} channels, "
+                    f"{self.config.conv_blocks} blocks), not {channels} x {num_blocks}."
+                )
+            return
+        if channels <= 0 or num_blocks < 0:
+            raise ValueError(f"The conv path needs channels > 0 and blocks >= 0, got {channels} and {num_blocks}.")
+        path = TokenGridConvPath(self.config.in_channels, channels, num_blocks, self.inner_dim)
+        self.conv_path = path.to(self.img_in.weight.device, self.img_in.weight.dtype)
+        self.register_to_config(conv_channels=channels, conv_blocks=num_blocks)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -292,12 +373,23 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         lq_tokens = pack_latents(lq_hidden_states, p)
         num_noisy = noisy_tokens.shape[1]
         tokens = self.img_in(torch.cat([noisy_tokens, lq_tokens], dim=1).to(self.img_in.weight.dtype))
-        if self.lq_skip_in is not None:
-            skip = self.lq_skip_in(lq_tokens.to(self.lq_skip_in.weight.dtype))
-            tokens = torch.cat([tokens[:, :num_noisy] + skip, tokens[:, num_noisy:]], dim=1)
-
         # One embedding per branch: rows [:B] from t (noisy + text tokens), rows [B:] from s (LQ tokens).
         temb = self.time_text_embed(torch.cat([t, s], dim=0).to(tokens.dtype), tokens)
+
+        noisy_update = 0
+        if self.lq_skip_in is not None:
+            noisy_update = self.lq_skip_in(lq_tokens.to(tokens.dtype))
+        if self.conv_path is not None:
+            grid_size = (height // p, width // p)
+            conv_features, conv_update = self.conv_path.encode(
+                _tokens_to_grid(noisy_tokens.to(tokens.dtype), *grid_size),
+                _tokens_to_grid(lq_tokens.to(tokens.dtype), *grid_size),
+                temb[:batch_size],
+                temb[batch_size:],
+            )
+            noisy_update = noisy_update + conv_update
+        if torch.is_tensor(noisy_update):
+            tokens = torch.cat([tokens[:, :num_noisy] + noisy_update, tokens[:, num_noisy:]], dim=1)
         modulate_index = torch.cat(
             [
                 torch.zeros(batch_size, num_noisy, dtype=torch.int, device=device),
@@ -328,8 +420,11 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             if index in wanted:
                 collected[index] = tokens[:, :num_noisy]
 
-        noisy_out = self.norm_out(tokens[:, :num_noisy], temb[:batch_size])
-        sample = unpack_latents(self.proj_out(noisy_out), height, width, p)
+        noisy_out = self.proj_out(self.norm_out(tokens[:, :num_noisy], temb[:batch_size]))
+        if self.conv_path is not None:
+            refined = self.conv_path.refine(conv_features, _tokens_to_grid(noisy_out, *grid_size))
+            noisy_out = refined.flatten(2).transpose(1, 2)
+        sample = unpack_latents(noisy_out, height, width, p)
         block_hidden_states = tuple(collected[i] for i in output_hidden_states_at) if wanted else None
 
         if not return_dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import glob
 import importlib.util
 import json
@@ -267,14 +268,37 @@ def test_full_finetune_distillation_saves_a_loadable_pipeline(photo_folder, tiny
             "--full_finetune",
             "--coupled_timestep",
             "--lq_skip",
+            "--conv_channels",
+            "8",
+            "--conv_blocks",
+            "1",
         ],  # fmt: skip
     )
     pipe = TEASRPipeline.from_pretrained(out)
     base = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
     assert pipe.transformer.config.decoupled_timestep is False
     assert pipe.transformer.config.lq_skip and pipe.transformer.lq_skip_in.weight.abs().sum() > 0  # added, trained
+    assert (pipe.transformer.config.conv_channels, pipe.transformer.config.conv_blocks) == (8, 1)
+    assert pipe.transformer.conv_path.to_patches.weight.abs().sum() > 0  # added, trained
     assert not torch.equal(pipe.transformer.proj_out.weight, base.transformer.proj_out.weight)
     assert os.path.isfile(out / "critic_heads" / "critic_heads.safetensors")
+
+
+def test_a_model_trained_from_scratch_starts_at_zero_velocity():
+    # DiT's zero-initialised output layer: the first steps learn the data, not how to cancel a random projection.
+    args = argparse.Namespace(
+        pretrained_model_name_or_path=None,
+        pretrained_vae_model_name_or_path=None,
+        model_config=json.dumps({**TINY_PIXEL_CONFIG, "conv_channels": 8, "conv_blocks": 1}),
+        seed=0,
+    )
+    transformer = script_module("train_flow_sr").load_base(args).transformer
+    z, c = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert transformer(z, c, timestep=0.7, target_timestep=0.2).sample.abs().max() == 0
+    transformer(z, c, timestep=0.7).sample.sub(z).square().mean().backward()
+    assert transformer.proj_out.weight.grad.abs().sum() > 0
+    assert transformer.conv_path.to_patches.weight.grad.abs().sum() > 0
 
 
 # ------------------------------------------------------------------------------------------------------ bad input
@@ -293,6 +317,8 @@ def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_pa
         run_in_process("train_teasr_lora", [*args, "--pretrained_model_name_or_path", str(not_a_model)])
     with pytest.raises(ValueError, match="--lq_skip adds a new layer that a LoRA cannot train"):
         run_in_process("train_teasr_lora", [*args, *base, "--lq_skip"])
+    with pytest.raises(ValueError, match="--conv_channels adds new layers that a LoRA cannot train"):
+        run_in_process("train_teasr_lora", [*args, *base, "--conv_channels", "8"])
     with pytest.raises(ValueError, match="--ema_decay must lie in"):
         run_in_process("train_teasr_lora", [*args, *base, "--use_ema", "--ema_decay", "1.0"])
     assert not glob.glob(str(out / "checkpoint-*")) and not glob.glob(str(out / "*.safetensors"))

@@ -185,3 +185,53 @@ def test_lq_skip_starts_at_zero_survives_save_and_reads_the_lq_token(tmp_path):
         reference = model(z, c, timestep=0.5, target_timestep=0.2).sample
         delta = (model(z, c_moved, timestep=0.5, target_timestep=0.2).sample - reference).abs()
     assert delta[:, :, :2, :2].mean() > 2 * delta[:, :, 2:, 2:].mean()
+
+
+def _randomise(module: torch.nn.Module, seed: int = 1) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+
+
+def test_conv_path_starts_at_zero_survives_save_and_is_local(tmp_path):
+    torch.manual_seed(0)
+    model = TEASRTransformer2DModel(**QWEN_TINY).eval()
+    z, c = _inputs(height=16, width=16)
+    before = model(z, c, timestep=0.5, target_timestep=0.2).sample
+    model.enable_conv_path(8, 2)
+    assert (model.config.conv_channels, model.config.conv_blocks) == (8, 2)
+    torch.testing.assert_close(model(z, c, timestep=0.5, target_timestep=0.2).sample, before, rtol=0, atol=0)
+
+    _randomise(model.conv_path)
+    trained = model(z, c, timestep=0.5, target_timestep=0.2).sample
+    assert not torch.allclose(trained, before)
+    # Modulated by both timesteps: the decoupled target s changes the conv path's contribution.
+    assert not torch.allclose(model(z, c, timestep=0.5, target_timestep=0.0).sample, trained)
+    model.save_pretrained(tmp_path)
+    loaded = TEASRTransformer2DModel.from_pretrained(tmp_path).eval()
+    assert (loaded.config.conv_channels, loaded.config.conv_blocks) == (8, 2)
+    torch.testing.assert_close(loaded(z, c, timestep=0.5, target_timestep=0.2).sample, trained)
+
+    # The refinement of the output patches is convolutional: with attention and the token update cut off, an LQ
+    # change in one corner reaches only the neighbouring patches (receptive field of the 3x3 convolutions).
+    with torch.no_grad():
+        model.conv_path.to_tokens.weight.zero_()
+        for block in model.transformer_blocks:
+            block.img_mod[1].weight.zero_()
+            block.img_mod[1].bias.zero_()
+        c_moved = c.clone()
+        c_moved[:, :, :2, :2] += 1.0
+        delta = (model(z, c_moved, 0.5, 0.2).sample - model(z, c, 0.5, 0.2).sample).abs()
+    assert delta[:, :, :2, :2].sum() > 0
+    # 1 + 2 * 2 + 1 = 6 convolutions of radius 1 on the token grid, 2 pixels per token.
+    assert delta[:, :, 14:, 14:].abs().sum() == 0
+
+
+def test_conv_path_config_errors_are_clear():
+    with pytest.raises(ValueError, match="blocks need channels"):
+        TEASRTransformer2DModel(**QWEN_TINY, conv_blocks=2)
+    model = TEASRTransformer2DModel(**QWEN_TINY, conv_channels=8, conv_blocks=1)
+    with pytest.raises(ValueError, match="already has a conv path"):
+        model.enable_conv_path(16, 1)
+    model.enable_conv_path(8, 1)  # the same shape again is a no-op

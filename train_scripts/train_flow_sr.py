@@ -73,6 +73,10 @@ def load_base(args: argparse.Namespace, torch_dtype: torch.dtype = torch.float32
         )
     torch.manual_seed(args.seed)
     transformer = TEASRTransformer2DModel(**model_config(args.model_config))
+    # DiT's zero-initialised output layer: a new model starts by predicting zero velocity instead of the noise of a
+    # random projection, which small models trained from scratch otherwise spend their first steps unlearning.
+    torch.nn.init.zeros_(transformer.proj_out.weight)
+    torch.nn.init.zeros_(transformer.proj_out.bias)
     if transformer.out_channels != 3 and args.pretrained_vae_model_name_or_path is None:
         raise ValueError("A latent-space --model_config needs --pretrained_vae_model_name_or_path.")
     vae = None
