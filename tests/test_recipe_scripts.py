@@ -7,14 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import PIL.Image
+
+from pipeline_teasr.evaluation import evaluate, write_json
+
 from .conftest import random_photo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROBE = REPO_ROOT / "train_scripts" / "teasr_mini" / "regression_probe.py"
+RECIPE_DIR = REPO_ROOT / "train_scripts" / "teasr_mini"
+PROBE = RECIPE_DIR / "regression_probe.py"
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(PROBE), *args], capture_output=True, text=True, timeout=300)
+def _run(*args: str, script: Path = PROBE) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
 
 
 def test_regression_probe_trains_and_reports_gains_over_bicubic(tmp_path):
@@ -32,3 +37,47 @@ def test_regression_probe_trains_and_reports_gains_over_bicubic(tmp_path):
     empty.mkdir()
     result = _run("--arch", "dit", "--data", str(empty))
     assert result.returncode != 0 and "no PNG photos" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_choose_start_scores_each_level_on_training_crops_and_picks_the_best(tmp_path, tiny_pipeline_dir):
+    for seed, name in enumerate(("Garden_25", "Wood_25", "Aqua_25")):
+        random_photo(40, 48, seed=seed).save(tmp_path / f"{name}.png")
+    result = _run(
+        "--model", tiny_pipeline_dir, "--data", str(tmp_path), "--levels", "1.0", "0.05", "--size", "32",
+        script=RECIPE_DIR / "choose_start.py",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    scores = report["psnr_y_1step"]
+    assert set(scores) == {"1.0", "0.05"} and all(0 < value < 100 for value in scores.values())
+    assert report["best"] == max(scores, key=scores.get)
+
+
+def test_report_builds_tables_and_plot_from_eval_jsons_only(tmp_path, tiny_pipeline):
+    (tmp_path / "hr").mkdir()
+    random_photo(24, 24, seed=3).save(tmp_path / "hr" / "photo.png")
+    runs = tmp_path / "eval"
+    runs.mkdir()
+    for model, protocol, steps, baselines in (("teasr", "light", [1, 2], ["bicubic"]), ("base", "light", [1], [])):
+        report = evaluate(
+            tmp_path / "hr", degradation=protocol, pipeline=tiny_pipeline, model=model, steps=steps,
+            baselines=baselines, learned=[], dataset_name="tiny", command=f"teasr eval {model}", progress=False,
+        )  # fmt: skip
+        write_json(report, runs / f"{model}_{protocol}.json")
+    out = tmp_path / "docs"
+    result = _run("--runs", str(runs), "--out", str(out), script=RECIPE_DIR / "report.py")
+    assert result.returncode == 0, result.stderr
+    tables = (out / "teasr_mini_tables.md").read_text()
+    teasr = json.loads((runs / "teasr_light.json").read_text())
+    one_step = next(row for row in teasr["results"] if row["kind"] != "baseline" and row["steps"] == 1)
+    assert f"| TEASR (distilled) | 1 | {one_step['mean']['psnr']:.2f} |" in tables
+    bicubic = next(row for row in teasr["results"] if row["kind"] == "baseline")
+    assert f"| {bicubic['label']} | - | {bicubic['mean']['psnr']:.2f} |" in tables
+    assert "| flow-matching base (T = 1) | 1 |" in tables
+    assert "`teasr eval teasr`" in tables and "Held-out photos, training degradation family" in tables
+    assert PIL.Image.open(out / "teasr_mini_steps.png").size[0] > 100
+
+    empty = tmp_path / "none"
+    empty.mkdir()
+    result = _run("--runs", str(empty), "--out", str(out), script=RECIPE_DIR / "report.py")
+    assert result.returncode != 0 and "no evaluation JSONs" in result.stderr and "Traceback" not in result.stderr
