@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import glob
 import importlib.util
 import json
@@ -284,15 +283,17 @@ def test_full_finetune_distillation_saves_a_loadable_pipeline(photo_folder, tiny
     assert os.path.isfile(out / "critic_heads" / "critic_heads.safetensors")
 
 
-def test_a_model_trained_from_scratch_starts_at_zero_velocity():
+def test_zero_init_output_starts_a_new_model_at_zero_velocity(photo_folder, tmp_path):
     # DiT's zero-initialised output layer: the first steps learn the data, not how to cancel a random projection.
-    args = argparse.Namespace(
-        pretrained_model_name_or_path=None,
-        pretrained_vae_model_name_or_path=None,
-        model_config=json.dumps({**TINY_PIXEL_CONFIG, "conv_channels": 8, "conv_blocks": 1}),
-        seed=0,
-    )
-    transformer = script_module("train_flow_sr").load_base(args).transformer
+    module = script_module("train_flow_sr")
+    config = json.dumps({**TINY_PIXEL_CONFIG, "conv_channels": 8, "conv_blocks": 1})
+    base_args = ["--train_data_dir", str(photo_folder), "--output_dir", str(tmp_path), "--full_finetune"]
+    args = module.parse_args([*base_args, "--model_config", config, "--zero_init_output"])
+    transformer = module.load_base(args).transformer
+    default = module.load_base(module.parse_args([*base_args, "--model_config", config])).transformer
+    assert default.proj_out.weight.abs().sum() > 0  # the default keeps the recipe's (released) initialisation
+    with pytest.raises(SystemExit):  # a pretrained base keeps its output layer: refused by argparse, one line
+        module.parse_args([*base_args, "--pretrained_model_name_or_path", str(tmp_path), "--zero_init_output"])
     z, c = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert transformer(z, c, timestep=0.7, target_timestep=0.2).sample.abs().max() == 0

@@ -42,7 +42,16 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         help="Transformer config for training from scratch: a JSON file or an inline JSON object "
         "(TEASRTransformer2DModel arguments). Default: a small pixel-space model.",
     )
+    parser.add_argument(
+        "--zero_init_output",
+        action="store_true",
+        help="Training from scratch: start from a zero output projection (DiT's initialisation), so the model first "
+        "predicts zero velocity instead of a random projection's noise. Off by default: teasr-mini's released base "
+        "was trained without it, and the recipe reproduces it exactly.",
+    )
     args = parser.parse_args(input_args)
+    if args.zero_init_output and args.pretrained_model_name_or_path is not None:
+        parser.error("--zero_init_output is for training from scratch; a pretrained base keeps its output layer.")
     if args.pretrained_model_name_or_path is None and not args.full_finetune:
         parser.error("Training from scratch (no --pretrained_model_name_or_path) needs --full_finetune.")
     if args.pretrained_model_name_or_path is not None and args.model_config is not None:
@@ -73,10 +82,9 @@ def load_base(args: argparse.Namespace, torch_dtype: torch.dtype = torch.float32
         )
     torch.manual_seed(args.seed)
     transformer = TEASRTransformer2DModel(**model_config(args.model_config))
-    # DiT's zero-initialised output layer: a new model starts by predicting zero velocity instead of the noise of a
-    # random projection, which small models trained from scratch otherwise spend their first steps unlearning.
-    torch.nn.init.zeros_(transformer.proj_out.weight)
-    torch.nn.init.zeros_(transformer.proj_out.bias)
+    if getattr(args, "zero_init_output", False):
+        torch.nn.init.zeros_(transformer.proj_out.weight)
+        torch.nn.init.zeros_(transformer.proj_out.bias)
     if transformer.out_channels != 3 and args.pretrained_vae_model_name_or_path is None:
         raise ValueError("A latent-space --model_config needs --pretrained_vae_model_name_or_path.")
     vae = None
