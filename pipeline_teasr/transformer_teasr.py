@@ -117,7 +117,7 @@ class TokenGridConvPath(nn.Module):
         features = features * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
         for block in self.blocks:
             features = features + block(features)
-        return features, self.to_tokens(features).flatten(2).transpose(1, 2)
+        return features, _grid_to_tokens(self.to_tokens(features))
 
     def refine(self, features: torch.Tensor, output_grid: torch.Tensor) -> torch.Tensor:
         """The transformer's output patches `(B, patch_channels, h, w)` plus a local correction."""
@@ -131,9 +131,23 @@ def _zero_conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv
     return conv
 
 
+def _build_conv_path(patch_channels: int, channels: int, num_blocks: int, inner_dim: int) -> TokenGridConvPath | None:
+    """The conv path of a `conv_channels` / `conv_blocks` config (None for 0 channels), after checking that shape."""
+    if channels < 0 or num_blocks < 0 or (num_blocks and not channels):
+        raise ValueError(
+            f"`conv_channels` ({channels}) and `conv_blocks` ({num_blocks}) must be >= 0, and blocks need channels."
+        )
+    return TokenGridConvPath(patch_channels, channels, num_blocks, inner_dim) if channels else None
+
+
 def _tokens_to_grid(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, h * w, D) -> (B, D, h, w), one grid position per token (the row-major order of `pack_latents`)."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+
+
+def _grid_to_tokens(grid: torch.Tensor) -> torch.Tensor:
+    """Inverse of `_tokens_to_grid`: (B, D, h, w) -> (B, h * w, D)."""
+    return grid.flatten(2).transpose(1, 2)
 
 
 def _as_batch_timestep(value: float | torch.Tensor, batch_size: int, device: torch.device, name: str) -> torch.Tensor:
@@ -225,11 +239,6 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 f"`in_channels` ({in_channels}) must equal out_channels * patch_size**2 "
                 f"({out_channels} * {patch_size}**2): tokens pack one patch of the latents."
             )
-        if conv_channels < 0 or conv_blocks < 0 or (conv_blocks and not conv_channels):
-            raise ValueError(
-                f"`conv_channels` ({conv_channels}) and `conv_blocks` ({conv_blocks}) must be >= 0, and blocks need "
-                "channels."
-            )
         if sum(axes_dims_rope) != attention_head_dim:
             raise ValueError(f"`axes_dims_rope` {tuple(axes_dims_rope)} must sum to attention_head_dim.")
         self.out_channels = out_channels
@@ -241,9 +250,7 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.img_in = nn.Linear(in_channels, self.inner_dim)
         self.txt_in = nn.Linear(joint_attention_dim, self.inner_dim)
         self.lq_skip_in = _zero_linear(in_channels, self.inner_dim) if lq_skip else None
-        self.conv_path = (
-            TokenGridConvPath(in_channels, conv_channels, conv_blocks, self.inner_dim) if conv_channels else None
-        )
+        self.conv_path = _build_conv_path(in_channels, conv_channels, conv_blocks, self.inner_dim)
         # zero_cond_t=True makes each block read a (2B, D) embedding: rows [:B] modulate noisy and text tokens,
         # rows [B:] the second image stream. TEASR fills the second half with the target timestep s.
         self.transformer_blocks = nn.ModuleList(
@@ -280,9 +287,9 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                     f"{self.config.conv_blocks} blocks), not {channels} x {num_blocks}."
                 )
             return
-        if channels <= 0 or num_blocks < 0:
-            raise ValueError(f"The conv path needs channels > 0 and blocks >= 0, got {channels} and {num_blocks}.")
-        path = TokenGridConvPath(self.config.in_channels, channels, num_blocks, self.inner_dim)
+        if channels <= 0:
+            raise ValueError(f"The conv path needs channels > 0, got {channels}.")
+        path = _build_conv_path(self.config.in_channels, channels, num_blocks, self.inner_dim)
         self.conv_path = path.to(self.img_in.weight.device, self.img_in.weight.dtype)
         self.register_to_config(conv_channels=channels, conv_blocks=num_blocks)
 
@@ -423,7 +430,7 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         noisy_out = self.proj_out(self.norm_out(tokens[:, :num_noisy], temb[:batch_size]))
         if self.conv_path is not None:
             refined = self.conv_path.refine(conv_features, _tokens_to_grid(noisy_out, *grid_size))
-            noisy_out = refined.flatten(2).transpose(1, 2)
+            noisy_out = _grid_to_tokens(refined)
         sample = unpack_latents(noisy_out, height, width, p)
         block_hidden_states = tuple(collected[i] for i in output_hidden_states_at) if wanted else None
 

@@ -82,7 +82,7 @@ def load_base(args: argparse.Namespace, torch_dtype: torch.dtype = torch.float32
         )
     torch.manual_seed(args.seed)
     transformer = TEASRTransformer2DModel(**model_config(args.model_config))
-    if getattr(args, "zero_init_output", False):
+    if args.zero_init_output:
         torch.nn.init.zeros_(transformer.proj_out.weight)
         torch.nn.init.zeros_(transformer.proj_out.bias)
     if transformer.out_channels != 3 and args.pretrained_vae_model_name_or_path is None:
