@@ -61,7 +61,8 @@ def sampling_sigmas(num_inference_steps: int, start_timestep: float) -> list[flo
 class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
     r"""
     Any-step super-resolution: the low-quality image, resized to the output size, is encoded as `c`; sampling starts
-    at `z_T = (1 - T) c + T eps` and takes `K` flow-map steps `z_s = z_t - (t - s) u(z_t, c, t, s)`, one transformer
+    at `z_T = (1 - T) c + T eps` (`start="noise"`) or on the LQ image itself, `z_T = c` (`start="lq"`: the noise-free
+    LQ bridge, deterministic), and takes `K` flow-map steps `z_s = z_t - (t - s) u(z_t, c, t, s)`, one transformer
     call each, on the schedule `T = t_0 > ... > t_K = 0`.
 
     Args:
@@ -73,6 +74,8 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             (small models are trained on crops and upscale best on tiles of their training size).
         default_start_timestep (`float`, *optional*): start level used when a call passes no `start_timestep`
             (1.0 if unset); a model distilled for LQ-anchored starts records its largest trained level here.
+        default_start (`str`, *optional*): `"noise"` or `"lq"`, used when a call passes no `start` (`"noise"` if
+            unset); a model distilled with LQ-bridge rows records `"lq"` here.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -88,12 +91,17 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         tokenizer=None,
         default_tile_size: int | None = None,
         default_start_timestep: float | None = None,
+        default_start: str | None = None,
     ):
         super().__init__()
         self.register_modules(
             transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer
         )
-        self.register_to_config(default_tile_size=default_tile_size, default_start_timestep=default_start_timestep)
+        self.register_to_config(
+            default_tile_size=default_tile_size,
+            default_start_timestep=default_start_timestep,
+            default_start=default_start,
+        )
         self._interrupt = False
 
     # ------------------------------------------------------------------ latent space
@@ -174,6 +182,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         prompt_embeds,
         max_output_pixels: int | None,
         callback_on_step_end_tensor_inputs: list[str] | None,
+        start: str = "noise",
     ) -> None:
         if image is None or (isinstance(image, list) and len(image) == 0):
             raise ValueError("`image` must be given (a PIL image, numpy array, torch tensor or a list of them).")
@@ -187,6 +196,8 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             raise ValueError(f"`upscale` must be a positive number, got {upscale!r}.")
         if not isinstance(start_timestep, (int, float)) or not 0.0 < start_timestep <= 1.0:
             raise ValueError(f"`start_timestep` must lie in (0, 1], got {start_timestep!r}.")
+        if start not in ("noise", "lq"):
+            raise ValueError(f"`start` must be 'noise' or 'lq', got {start!r}.")
         if tile_size is not None and (not isinstance(tile_size, int) or tile_size < 0):
             raise ValueError(f"`tile_size` must be a non-negative integer (0 = no tiling), got {tile_size!r}.")
         if tile_size and tile_size < self.grid_multiple:
@@ -225,6 +236,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         upscale: float = 4.0,
         num_inference_steps: int = 1,
         start_timestep: float | None = None,
+        start: str | None = None,
         prompt: str | list[str] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_embeds_mask: torch.Tensor | None = None,
@@ -253,6 +265,10 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             start_timestep (`float`, *optional*): start level `T` in (0, 1]; 1 starts from noise, lower values
                 start closer to the LQ image (more fidelity, less generation). `None` uses the pipeline's
                 `default_start_timestep` (1.0 if unset).
+            start (`str`, *optional*): `"noise"` starts from `z_T = (1 - T) c + T eps`; `"lq"` starts from the LQ
+                image itself, `z_T = c`, and follows the LQ bridge (no noise: the output does not depend on
+                `generator`; T = 1 is the full restoration, a lower T moves part of the way; needs a model
+                distilled with LQ-bridge rows). `None` uses the pipeline's `default_start` (`"noise"` if unset).
             prompt (`str` or `list[str]`, *optional*): text condition; needs `text_encoder` and `tokenizer`.
             prompt_embeds (`torch.Tensor`, *optional*): precomputed text embeddings `(1, L, joint_attention_dim)`.
             prompt_embeds_mask (`torch.Tensor`, *optional*): their mask `(1, L)`.
@@ -279,6 +295,8 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         images = image if isinstance(image, list) else [image]
         if tile_size is None:
             tile_size = self.config.get("default_tile_size")
+        if start is None:
+            start = self.config.get("default_start") or "noise"
         if start_timestep is None:
             start_timestep = self.config.get("default_start_timestep") or 1.0
         self.check_inputs(
@@ -294,6 +312,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             prompt_embeds,
             max_output_pixels,
             callback_on_step_end_tensor_inputs,
+            start=start,
         )
         if latents is not None and len(images) != 1:
             raise ValueError("`latents` can only be given with a single image.")
@@ -321,6 +340,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                 size,
                 num_inference_steps,
                 start_timestep,
+                start,
                 item_generator,
                 latents,
                 tile_size,
@@ -354,6 +374,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         size: tuple[int, int],
         num_inference_steps: int,
         start_timestep: float,
+        start: str,
         generator: torch.Generator | None,
         noise: torch.Tensor | None,
         tile_size: int | None,
@@ -399,7 +420,10 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         scheduler = copy.copy(self.scheduler)
         scheduler.set_timesteps(sigmas=sampling_sigmas(num_inference_steps, start_timestep), device=device)
         sigmas = scheduler.sigmas
-        latents = (1.0 - sigmas[0].to(dtype)) * lq_latents + sigmas[0].to(dtype) * noise
+        if start == "lq":
+            latents = lq_latents.clone()
+        else:
+            latents = (1.0 - sigmas[0].to(dtype)) * lq_latents + sigmas[0].to(dtype) * noise
         del noise
 
         tiles, overlap = self._plan_tiles(lq_latents.shape[-2:], tile_size, tile_overlap)

@@ -32,6 +32,12 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start-timestep", type=float, default=None, help="start level T in (0, 1] (default: the model's)"
     )
+    parser.add_argument(
+        "--start",
+        default=None,
+        choices=["noise", "lq"],
+        help="start from noise or the LQ image (default: the model's)",
+    )
     parser.add_argument("--tile", type=int, default=None, help="tile size in output pixels (0: no tiling)")
     parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in output pixels")
     parser.add_argument("--color-fix", default=None, choices=["adain", "wavelet"], help="colour correction")
@@ -77,6 +83,7 @@ def add_eval_parser(commands) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="step counts to run the model at")
     parser.add_argument("--no-model", action="store_true", help="do not run a model (baselines / --pred only)")
     parser.add_argument("--start-timestep", type=float, default=None, help="start level T (default: the model's)")
+    parser.add_argument("--start", default=None, choices=["noise", "lq"], help="noise or LQ start (default: model's)")
     parser.add_argument("--tile", type=int, default=None, help="tile size in output pixels (0: no tiling)")
     parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in output pixels")
     parser.add_argument("--baseline", nargs="+", default=[], choices=list(BASELINES), help="PIL resize baselines")
@@ -216,6 +223,7 @@ def run_upscale(args: argparse.Namespace) -> int:
                 upscale=args.scale,
                 num_inference_steps=args.steps,
                 start_timestep=args.start_timestep,
+                start=args.start,
                 tile_size=args.tile,
                 tile_overlap=args.tile_overlap,
                 color_fix=args.color_fix,
@@ -274,6 +282,7 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
             model=args.model or (None if pipe is None else pipe.config.get("_name_or_path")),
             steps=steps,
             start_timestep=args.start_timestep,
+            start=args.start,
             tile_size=args.tile,
             tile_overlap=args.tile_overlap,
             baselines=args.baseline,

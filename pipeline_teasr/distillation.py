@@ -102,6 +102,14 @@ def sample_generator_timesteps(
     return t, s, anchored
 
 
+def sample_bridge_timesteps(batch_size: int, generator: torch.Generator, config: DistillationConfig) -> torch.Tensor:
+    """Start levels of LQ-bridge rows: t = 1 (the LQ image itself, where every sampler run starts) for a share
+    `lq_bridge_start_prob`, the others uniform in [min_timestep, 1) (the bridge states later steps visit)."""
+    uniform_t = config.min_timestep + (1.0 - config.min_timestep) * _rand(batch_size, generator)
+    at_start = _rand(batch_size, generator) < config.lq_bridge_start_prob
+    return torch.where(at_start, torch.ones_like(uniform_t), uniform_t)
+
+
 def sample_critic_timesteps(t: torch.Tensor, s: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Critic level tau in [s, t]: at or below the generation step's own level, at or above its output level."""
     return s + (t - s) * _rand(t.shape[0], generator)
@@ -122,6 +130,12 @@ class DistillationConfig:
     `lq_anchor_prob`: share of generator rows that start where the sampler starts for `T < 1`, on the LQ image
     (`z_t = (1 - t) c + t eps`) instead of on the HQ path; their target is still the HQ path's `z_s`. Their start
     level is uniform in `[min_timestep, lq_anchor_max_timestep]` (the start levels one intends to sample from).
+
+    `lq_bridge_prob`: share of generator rows on the LQ bridge, the noise-free straight path
+    `z_t = (1 - t) z0 + t c` from the HQ image (t = 0) to the upscaled LQ image (t = 1) that the sampler follows with
+    `start="lq"`. Their average velocity is `c - z0` for every `t -> s`, so their reconstruction loss is measured in
+    velocity units: a one-step jump from the LQ image is trained at full scale. They take precedence over anchoring.
+    With rectification a share `lq_bridge_start_prob` of them starts at t = 1, the others uniformly on the bridge.
     """
 
     lambda_flow: float = 1.0
@@ -135,6 +149,8 @@ class DistillationConfig:
     one_step_start_prob: float = 0.25
     lq_anchor_prob: float = 0.5
     lq_anchor_max_timestep: float = 1.0
+    lq_bridge_prob: float = 0.0
+    lq_bridge_start_prob: float = 0.5
     min_timestep: float = 0.02
     reconstruction_loss: str = "l2"
     adversarial_warmup_steps: int = 0
@@ -143,7 +159,13 @@ class DistillationConfig:
     logit_std: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("anystep_prob", "one_step_start_prob", "lq_anchor_prob"):
+        for name in (
+            "anystep_prob",
+            "one_step_start_prob",
+            "lq_anchor_prob",
+            "lq_bridge_prob",
+            "lq_bridge_start_prob",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
         if not 0.0 <= self.min_timestep < 1.0:
@@ -182,12 +204,27 @@ def flow_matching_losses(
     scheme: str = "uniform",
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
+    lq_bridge_prob: float = 0.0,
+    lq_bridge_start_prob: float = 0.5,
 ) -> dict[str, torch.Tensor]:
-    """One step of flow matching in the s = t mode: `{"loss", "total", "flow"}`."""
+    """One step of flow matching in the s = t mode: `{"loss", "total", "flow"}`.
+
+    A share `lq_bridge_prob` of the rows runs on the LQ bridge instead of the noise path: the path ends at the
+    upscaled LQ image `c` instead of `eps` (`z_t = (1 - t) z0 + t c`, velocity `c - z0`), a share
+    `lq_bridge_start_prob` of them at t = 1, where the sampler's `start="lq"` begins.
+    """
+    batch = z0.shape[0]
     eps = torch.randn(z0.shape, generator=generator, device=generator.device).to(z0)
-    t = sample_flow_timesteps(z0.shape[0], generator, scheme, logit_mean, logit_std).to(z0.device)
-    u = model(interpolate(z0, eps, t), c, timestep=t, target_timestep=t).sample
-    loss = flow_matching_loss(u, z0, eps)
+    t = sample_flow_timesteps(batch, generator, scheme, logit_mean, logit_std)
+    path_end = eps
+    if lq_bridge_prob > 0:
+        bridge = _rand(batch, generator) < lq_bridge_prob
+        at_start = _rand(batch, generator) < lq_bridge_start_prob
+        t = torch.where(bridge & at_start, torch.ones_like(t), t)
+        path_end = torch.where(bridge.to(z0.device).view(-1, *([1] * (z0.ndim - 1))), c, eps)
+    t = t.to(z0.device)
+    u = model(interpolate(z0, path_end, t), c, timestep=t, target_timestep=t).sample
+    loss = flow_matching_loss(u, z0, path_end)
     return {"loss": loss, "total": loss.detach(), "flow": loss.detach()}
 
 
@@ -232,8 +269,23 @@ def self_adversarial_losses(
     # Generator rows: z_t -> z_s_hat, some starting on the LQ image as the sampler does for T < 1.
     eps = randn()
     t, s, anchored = sample_generator_timesteps(batch, generator, config)
-    t_flow, t, s, anchored = t_flow.to(device), t.to(device), s.to(device), anchored.to(device)
-    z_t = interpolate(torch.where(anchored.view(-1, *([1] * (z0.ndim - 1))), c, z0), eps, t)
+    bridge = torch.zeros_like(anchored)
+    if config.lq_bridge_prob > 0:
+        bridge = _rand(batch, generator) < config.lq_bridge_prob
+        anchored = anchored & ~bridge
+        if config.rectification:
+            t_bridge = sample_bridge_timesteps(batch, generator, config)
+            s = torch.where(bridge, s / t * t_bridge, s)
+            t = torch.where(bridge, t_bridge, t)
+    t_flow, t, s = t_flow.to(device), t.to(device), s.to(device)
+    anchored, bridge = anchored.to(device), bridge.to(device)
+
+    def rows(mask: torch.Tensor) -> torch.Tensor:
+        return mask.view(-1, *([1] * (z0.ndim - 1)))
+
+    # Path ends: the HQ path runs from z0 to eps; anchored rows start from c on it; bridge rows run from z0 to c.
+    path_end = torch.where(rows(bridge), c, eps)
+    z_t = interpolate(torch.where(rows(anchored), c, z0), path_end, t)
     z_flow = interpolate(z0, eps_flow, t_flow)
     if backward is None:
         u_all = model(
@@ -251,9 +303,15 @@ def self_adversarial_losses(
         u_gen = model(z_t, c, timestep=t, target_timestep=s).sample
 
     z_s_hat = flow_map_step(z_t, u_gen, t, s)
-    z_s = interpolate(z0, eps, s)
-    weight = jump_weight(t, s, config.rectification, lq_anchored=anchored)
-    loss_rec = reconstruction_loss(z_s_hat, z_s, weight, kind=config.reconstruction_loss)
+    z_s = interpolate(z0, path_end, s)
+    weight = jump_weight(t, s, config.rectification, lq_anchored=anchored | bridge)
+    # Bridge rows in velocity units (their exact average velocity is c - z0), the others on the state z_s.
+    loss_rec = reconstruction_loss(
+        torch.where(rows(bridge), u_gen, z_s_hat),
+        torch.where(rows(bridge), c - z0, z_s),
+        weight,
+        kind=config.reconstruction_loss,
+    )
 
     zero = z0.new_zeros((), dtype=torch.float32)
     loss_adv, loss_critic, loss_cons = zero, zero, zero
@@ -266,13 +324,18 @@ def self_adversarial_losses(
             raise ValueError(f"critic blocks {blocks} exceed the transformer's {n_blocks} blocks.")
         tau = sample_critic_timesteps(t, s, generator).to(device)
         noise = randn()
+        # The critic reads states of the noise path: bridge rows give it their clean image (real) and the clean
+        # image their velocity implies (fake, `z_t - t u`), renoised from level 0.
+        real = torch.where(rows(bridge), z0, z_s)
+        fake = torch.where(rows(bridge), flow_map_step(z_t, u_gen, t, torch.zeros_like(t)), z_s_hat)
+        level = torch.where(bridge, torch.zeros_like(s), s)
         with torch.no_grad():
             real_states = backbone(
-                renoise(z_s, s, tau, noise), c, timestep=tau, target_timestep=tau, output_hidden_states_at=blocks
+                renoise(real, level, tau, noise), c, timestep=tau, target_timestep=tau, output_hidden_states_at=blocks
             ).block_hidden_states
         fake_states = call_with_frozen_parameters(
             backbone,
-            renoise(z_s_hat, s, tau, noise),
+            renoise(fake, level, tau, noise),
             c,
             timestep=tau,
             target_timestep=tau,
@@ -325,13 +388,34 @@ class FlowMatchingObjective:
 
     name = "flow_sr"
 
-    def __init__(self, scheme: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0):
+    def __init__(
+        self,
+        scheme: str = "uniform",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        lq_bridge_prob: float = 0.0,
+        lq_bridge_start_prob: float = 0.5,
+    ):
+        for name, value in (("lq_bridge_prob", lq_bridge_prob), ("lq_bridge_start_prob", lq_bridge_start_prob)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}.")
         self.scheme, self.logit_mean, self.logit_std = scheme, logit_mean, logit_std
+        self.lq_bridge_prob, self.lq_bridge_start_prob = lq_bridge_prob, lq_bridge_start_prob
         self.modules: dict[str, nn.Module] = {}
 
     def __call__(self, model, z0, c, generator, step, backward=None) -> dict[str, torch.Tensor]:
         # One pass: everything is returned in "loss", `backward` (for early partial backwards) is not needed.
-        return flow_matching_losses(model, z0, c, generator, self.scheme, self.logit_mean, self.logit_std)
+        return flow_matching_losses(
+            model,
+            z0,
+            c,
+            generator,
+            self.scheme,
+            self.logit_mean,
+            self.logit_std,
+            self.lq_bridge_prob,
+            self.lq_bridge_start_prob,
+        )
 
 
 class SelfAdversarialObjective:

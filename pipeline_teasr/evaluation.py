@@ -357,6 +357,7 @@ def evaluate(
     model: str | None = None,
     steps: Sequence[int] = (),
     start_timestep: float | None = None,
+    start: str | None = None,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
     baselines: Sequence[str] = (),
@@ -380,9 +381,9 @@ def evaluate(
             scale first); ``seed`` makes it reproducible (per image ``seed + crc32(stem)``).
         scale: integer SR factor, also the border crop of PSNR / SSIM / GMSD. Inferred from paired folders when
             ``None``; defaults to 4 for synthetic LR; required with ``pred_dir`` alone.
-        pipeline: a loaded :class:`TEASRPipeline` to run at each of ``steps`` (with ``start_timestep``, `None`:
-            the pipeline's default,
-            ``tile_size``, ``tile_overlap`` and a ``torch.Generator`` seeded with ``seed``); ``model`` names it.
+        pipeline: a loaded :class:`TEASRPipeline` to run at each of ``steps`` (with ``start`` and
+            ``start_timestep``, `None`: the pipeline's defaults, ``tile_size``, ``tile_overlap`` and a
+            ``torch.Generator`` seeded with ``seed``); ``model`` names it.
         baselines: any of ``bicubic``, ``lanczos`` (PIL resize of the LR image).
         learned: pyiqa metrics to try (see :data:`LEARNED_METRICS`); unavailable ones go to ``skipped``.
         device: where learned metrics run.
@@ -434,8 +435,10 @@ def evaluate(
         scale = 4
     if limit is not None and limit < 1:
         raise EvaluationError(f"--limit must be >= 1, got {limit}")
+    if steps and start is None:
+        start = pipeline.config.get("default_start") or "noise"
     if steps and start_timestep is None:
-        start_timestep = float(pipeline.config.get("default_start_timestep") or 1.0)
+        start_timestep = 1.0 if start == "lq" else float(pipeline.config.get("default_start_timestep") or 1.0)
     if steps and tile_size is None:
         tile_size = pipeline.config.get("default_tile_size")
 
@@ -494,7 +497,7 @@ def evaluate(
             pair_scale = int(scale)
             for method in methods:
                 pred, seconds, nfe = _predict(
-                    method, pair, lr, gt, pair_scale, pipeline, start_timestep, tile_size, tile_overlap, seed
+                    method, pair, lr, gt, pair_scale, pipeline, start_timestep, start, tile_size, tile_overlap, seed
                 )
                 target = gt
                 if method.kind == "pred":
@@ -580,6 +583,7 @@ def evaluate(
         ),
         "settings": {
             "steps": steps,
+            "start": start if steps else None,
             "start_timestep": start_timestep if steps else None,
             "tile_size": tile_size if steps else None,
             "tile_overlap": tile_overlap if steps else None,
@@ -605,6 +609,7 @@ def _predict(
     scale: int,
     pipeline: Any,
     start_timestep: float,
+    start: str,
     tile_size: int | None,
     tile_overlap: int | None,
     seed: int,
@@ -627,6 +632,7 @@ def _predict(
             upscale=float(scale),
             num_inference_steps=method.steps,
             start_timestep=start_timestep,
+            start=start,
             tile_size=tile_size,
             tile_overlap=tile_overlap,
             generator=torch.Generator().manual_seed(seed),

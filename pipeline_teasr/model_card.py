@@ -111,7 +111,8 @@ def _results_section(reports: Sequence[dict[str, Any]]) -> str:
         if settings.get("steps"):
             tile = settings.get("tile_size")
             notes.append(
-                f"Sampling: start timestep {settings.get('start_timestep')}, "
+                f"Sampling: start {settings.get('start') or 'noise'}, "
+                f"start timestep {settings.get('start_timestep')}, "
                 f"tile size {tile if tile else 'none (whole image)'}, seed {settings.get('seed')}."
             )
         if report.get("skipped"):
@@ -144,7 +145,8 @@ result = pipe(
     low_res,
     upscale=4,               # any positive factor
     num_inference_steps=1,   # any number of steps from the same weights
-    # start_timestep=0.8,   # optional: < 1 starts closer to the LR image (default: the model's own)
+    # start="lq",           # optional: "lq" (the LR image itself) or "noise" (default: the model's own)
+    # start_timestep=0.8,   # optional: < 1 stays closer to the LR image (default: the model's own)
     generator=torch.Generator().manual_seed(0),
 )
 result.images[0].save("output.png")

@@ -92,6 +92,11 @@ class Settings:
     start_timestep: float
     seed: int
     tile_size: int
+    start: str = "noise"
+
+
+# The start control: (label, value) pairs; the value is the pipeline's `start`.
+START_CHOICES = [("LQ image", "lq"), ("noise", "noise")]
 
 
 def _number(value: Any, name: str) -> float:
@@ -113,7 +118,9 @@ def _integer(value: Any, name: str, low: int, high: int) -> int:
     return int(number)
 
 
-def parse_settings(steps: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any) -> Settings:
+def parse_settings(
+    steps: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any, start: Any = "noise"
+) -> Settings:
     """Check the controls (the API accepts anything JSON) and turn them into one `Settings`, or raise `gr.Error`."""
     scale_value = _number(scale, "Upscale factor")
     if not 0 < scale_value <= MAX_SCALE:
@@ -121,12 +128,15 @@ def parse_settings(steps: Any, scale: Any, start_timestep: Any, seed: Any, tile_
     start_value = _number(start_timestep, "Start timestep")
     if not 0 < start_value <= 1:
         raise gr.Error(f"Start timestep must lie in (0, 1], got {start_timestep!r}.")
+    if start not in [value for _, value in START_CHOICES]:
+        raise gr.Error(f"Start must be 'lq' (the LQ image) or 'noise', got {start!r}.")
     return Settings(
         steps=_integer(steps, "Steps", 1, MAX_STEPS),
         scale=scale_value,
         start_timestep=start_value,
         seed=_integer(seed, "Seed", 0, 2**63 - 1),
         tile_size=_integer(tile_size, "Tile size", 0, MAX_TILE_SIZE),
+        start=start,
     )
 
 
@@ -195,6 +205,7 @@ def run_pipeline(pipe: TEASRPipeline, image: PIL.Image.Image, settings: Settings
                 upscale=settings.scale,
                 num_inference_steps=settings.steps,
                 start_timestep=settings.start_timestep,
+                start=settings.start,
                 tile_size=settings.tile_size,
                 max_output_pixels=MAX_OUTPUT_PIXELS,
                 generator=torch.Generator().manual_seed(settings.seed),
@@ -255,12 +266,17 @@ def save_png(image: PIL.Image.Image, folder: Path, name: str) -> str:
     return str(path)
 
 
+def start_label(start: str) -> str:
+    return dict((value, label) for label, value in START_CHOICES)[start]
+
+
 def describe(sample: Sample, source: PIL.Image.Image, settings: Settings, pipe: TEASRPipeline) -> str:
     steps = f"{sample.steps} step" + ("s" if sample.steps > 1 else "")
     return (
         f"**{sample.image.width}×{sample.image.height}** from {source.width}×{source.height} · {steps} · "
         f"**{sample.nfe} NFE** (network evaluations) · **{sample.seconds:.2f} s** on {pipe.device.type} "
-        f"({str(pipe.transformer.dtype).removeprefix('torch.')}) · T = {settings.start_timestep:g} · "
+        f"({str(pipe.transformer.dtype).removeprefix('torch.')}) · from {start_label(settings.start)}, "
+        f"T = {settings.start_timestep:g} · "
         f"seed {settings.seed} · tile {settings.tile_size or 'off'}"
     )
 
@@ -270,12 +286,14 @@ HEADER = """
 # TEASR: any-step diffusion super-resolution
 One dual-branch diffusion transformer that upscales real-world photos in **any number of steps** from the same
 weights. Upload a photo or pick an example, choose the steps, and compare the result with the input.
-Lower the *start timestep* to stay closer to the input (fidelity); raise it to let the model generate more detail.
+*Start from the LQ image* runs the model on the input itself (deterministic; T below 1 stays closer to the input);
+*start from noise* samples (the seed matters; a lower T stays closer to the input, 1 generates the most).
 """
 
 API_DOC = """
-**API.** `/upscale` takes `(image, steps, scale, start_timestep, seed)` and returns the upscaled PNG:
-`Client(URL).predict(handle_file("photo.png"), 1, 4, 1.0, 0, api_name="/upscale")` with `gradio_client`.
+**API.** `/upscale` takes `(image, steps, scale, start_timestep, seed, start)` (`start`: `"lq"` or `"noise"`;
+optional, default: the model's) and returns the upscaled PNG:
+`Client(URL).predict(handle_file("photo.png"), 1, 4, 1.0, 0, "lq", api_name="/upscale")` with `gradio_client`.
 """
 
 
@@ -286,6 +304,7 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
     config_tile = pipe.config.get("default_tile_size")
     default_tile = min(MAX_TILE_SIZE, config_tile if config_tile is not None else FALLBACK_TILE_SIZE)
     default_start = float(pipe.config.get("default_start_timestep") or 1.0)
+    default_start_from = pipe.config.get("default_start") or "noise"
     store = OutputStore(Path(tempfile.gettempdir()) / "teasr-space")
     model_name = pipe.config.get("_name_or_path") or "TEASR"
 
@@ -307,24 +326,24 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
         before = save_png(bicubic_preview(upload.image, size), folder, f"{file_stem(upload.name)}_bicubic.png")
         return upload, sample, before, after
 
-    def upscale_api(image: Any, steps: Any, scale: Any, start_timestep: Any, seed: Any) -> str:
+    def upscale_api(image: Any, steps: Any, scale: Any, start_timestep: Any, seed: Any, start: Any) -> str:
         """Upscale one image; returns the path of the full-size PNG."""
-        settings = parse_settings(steps, scale, start_timestep, seed, default_tile)
+        settings = parse_settings(steps, scale, start_timestep, seed, default_tile, start)
         return upscale_files(image, settings)[3]
 
     def upscale_ui(
-        image: Any, steps: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any
+        image: Any, steps: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any, start: Any
     ) -> tuple[tuple[str, str], gr.DownloadButton, str, gr.Tabs]:
-        settings = parse_settings(steps, scale, start_timestep, seed, tile_size)
+        settings = parse_settings(steps, scale, start_timestep, seed, tile_size, start)
         upload, sample, before, after = upscale_files(image, settings)
         download = gr.DownloadButton(f"Download full-size PNG ({sample.image.width}×{sample.image.height})", after)
         return (before, after), download, describe(sample, upload.image, settings, pipe), gr.Tabs(selected="result")
 
     def compare_steps(
-        image: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any
+        image: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any, start: Any
     ) -> tuple[list[tuple[str, str]], str, gr.Tabs]:
         """Upscale one image with 1, 2, 4 and 8 steps (same seed); returns the images and a timing table."""
-        settings = parse_settings(1, scale, start_timestep, seed, tile_size)
+        settings = parse_settings(1, scale, start_timestep, seed, tile_size, start)
         upload = read_upload(image)
         check_output_size(upload.image, settings)
         samples = compare_gpu(upload.image, settings)
@@ -358,13 +377,20 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
                     gr.Examples(examples=[[path] for path in EXAMPLES], inputs=[image], label="Example photos")
                 steps = gr.Slider(1, MAX_STEPS, value=1, step=1, label="Steps", info="network calls per tile")
                 scale = gr.Slider(1, MAX_SCALE, value=4, step=0.5, label="Upscale factor", elem_id="scale")
+                start_from = gr.Radio(
+                    START_CHOICES,
+                    value=default_start_from,
+                    label="Start from",
+                    info="LQ image: deterministic restoration · noise: sampling (the seed matters)",
+                    elem_id="start-from",
+                )
                 start = gr.Slider(
                     0.01,
                     1.0,
                     value=default_start,
                     step=0.01,
                     label="Start timestep T",
-                    info="lower: closer to the input (fidelity) · 1: from noise (generation)",
+                    info="lower: closer to the input (fidelity) · higher: more restoration or generation",
                 )
                 with gr.Row():
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed")
@@ -404,7 +430,7 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
         common = dict(preprocess=False, concurrency_id="teasr")
         run.click(
             upscale_ui,
-            [image, steps, scale, start, seed, tile],
+            [image, steps, scale, start, seed, tile, start_from],
             [slider, download, info, tabs],
             api_name="upscale_ui",
             api_visibility="undocumented",
@@ -412,15 +438,17 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
         )
         compare.click(
             compare_steps,
-            [image, scale, start, seed, tile],
+            [image, scale, start, seed, tile, start_from],
             [gallery, compare_info, tabs],
             api_name="compare_steps",
             **common,
         )
-        # The public API: (image, steps, scale, start_timestep, seed) -> upscaled image file.
+        # The public API: (image, steps, scale, start_timestep, seed, start) -> upscaled image file.
         api_result = gr.Image(label="Upscaled image", type="filepath", format="png", visible=False)
         api_trigger = gr.Button(visible=False)
-        api_trigger.click(upscale_api, [image, steps, scale, start, seed], api_result, api_name="upscale", **common)
+        api_trigger.click(
+            upscale_api, [image, steps, scale, start, seed, start_from], api_result, api_name="upscale", **common
+        )
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
     return demo
 

@@ -9,6 +9,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
 
@@ -129,6 +130,19 @@ def test_bad_arguments_exit_2(run_cli, tmp_path, args, word):
     code, _, err = run_cli(str(source), "-o", str(tmp_path / "out.png"), *args)
     assert code == 2 and word in err and err.count("\n") == 1, err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_lq_start_ignores_the_seed_and_differs_from_the_noise_start(run_cli, tmp_path):
+    source = tmp_path / "photo.png"
+    random_photo(8, 8).save(source)
+    outputs = {}
+    for start, seed in (("lq", "1"), ("lq", "2"), ("noise", "1")):
+        target = tmp_path / f"{start}_{seed}.png"
+        code, _, err = run_cli(str(source), "-o", str(target), "--start", start, "--seed", seed)
+        assert code == 0, err
+        outputs[start, seed] = np.asarray(PIL.Image.open(target))
+    np.testing.assert_array_equal(outputs["lq", "1"], outputs["lq", "2"])
+    assert np.abs(outputs["lq", "1"].astype(int) - outputs["noise", "1"]).max() > 0
 
 
 def test_folder_with_good_and_bad_files(run_cli, tmp_path):

@@ -81,6 +81,7 @@ def test_synthetic_eval_report_matches_metrics_and_pred_mode(hr_folder, tiny_pip
     assert REPORT_KEYS <= set(report)
     assert report["command"].startswith("teasr eval --gt ") and "--steps 1 2" in report["command"]
     assert report["mode"] == "synthetic" and report["scale"] == report["crop_border"] == 4
+    assert report["settings"]["start"] == "noise" and report["settings"]["start_timestep"] == 1.0
     assert report["dataset"]["degradation"] == "bicubic" and report["dataset"]["num_images"] == 2
     assert [r["key"] for r in report["results"]] == ["teasr-1step", "teasr-2step", "bicubic", "lanczos"]
     # every learned metric is either measured or skipped with a reason

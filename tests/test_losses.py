@@ -227,6 +227,67 @@ def test_lq_anchored_rows_start_on_the_lq_image_and_weigh_one():
         DistillationConfig(lq_anchor_max_timestep=0.01)
 
 
+def test_lq_bridge_rows_run_from_the_hq_image_to_the_lq_image_and_learn_their_velocity():
+    """Bridge rows sit on z_t = (1 - t) z0 + t c (no noise; the sampler's start="lq") and their reconstruction loss
+    is the velocity error against c - z0, whatever the jump t -> s."""
+
+    class RecordOutputs(nn.Module):
+        def __init__(self, module: nn.Module):
+            super().__init__()
+            self.module, self.calls = module, []
+
+        def forward(self, hidden_states, c, timestep, target_timestep, **kwargs):
+            out = self.module(hidden_states, c, timestep=timestep, target_timestep=target_timestep, **kwargs)
+            self.calls.append((hidden_states.detach().clone(), timestep.detach().clone(), out.sample.detach()))
+            return out
+
+    z0, c = tiny_batch()
+    model = RecordOutputs(tiny_transformer())
+    config = DistillationConfig(reconstruction_only=True, lambda_adv=0.0, lq_anchor_prob=1.0, lq_bridge_prob=1.0)
+    losses = self_adversarial_losses(model, z0, c, config, torch.Generator().manual_seed(0))
+    hidden, timestep, u = (x[2:] for x in model.calls[0])  # rows [B:] are the generator rows
+    t = timestep.view(-1, 1, 1, 1)
+    torch.testing.assert_close(hidden, (1 - t) * z0 + t * c)  # bridge rows take precedence over anchoring
+    torch.testing.assert_close(losses["rec"], (u - (c - z0)).square().mean())
+
+    # With heads, the critic reads bridge rows as clean images: a finite step that reaches the generator.
+    model = tiny_transformer()
+    config = DistillationConfig(lq_anchor_prob=0.0, lq_bridge_prob=1.0)
+    losses = self_adversarial_losses(model, z0, c, config, torch.Generator().manual_seed(0), random_heads(model))
+    assert all(torch.isfinite(losses[name]) for name in LOSS_TERMS) and losses["critic"] > 0
+    losses["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with pytest.raises(ValueError, match="lq_bridge_prob"):
+        DistillationConfig(lq_bridge_prob=1.5)
+
+
+def test_flow_matching_bridge_rows_end_at_the_lq_image():
+    """train_flow_sr.py --lq_bridge_prob: rows interpolate towards c instead of eps; their target is c - z0."""
+
+    class Record(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.zeros(()))
+            self.calls = []
+
+        def forward(self, hidden_states, c, timestep, target_timestep):
+            self.calls.append((hidden_states.detach(), timestep.detach()))
+            return TEASRTransformerOutput(sample=self.scale * hidden_states)
+
+    z0, c = tiny_batch()
+    model = Record()
+    g = torch.Generator().manual_seed(0)
+    losses = flow_matching_losses(model, z0, c, g, lq_bridge_prob=1.0, lq_bridge_start_prob=1.0)
+    hidden, t = model.calls[0]
+    torch.testing.assert_close(t, torch.ones(2))
+    torch.testing.assert_close(hidden, c)  # the LQ start
+    torch.testing.assert_close(losses["loss"], (c - z0).square().mean())  # zero prediction vs velocity c - z0
+    flow_matching_losses(model, z0, c, g, lq_bridge_prob=1.0, lq_bridge_start_prob=0.0)
+    hidden, t = model.calls[1]
+    assert torch.all(t < 1)
+    torch.testing.assert_close(hidden, (1 - t.view(-1, 1, 1, 1)) * z0 + t.view(-1, 1, 1, 1) * c)
+
+
 # ---------------------------------------------------------------------------------------------------- objectives
 
 

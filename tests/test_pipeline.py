@@ -69,6 +69,32 @@ def test_start_timestep_anchors_on_lq(tiny_pipeline):
     assert (near_lq - bicubic).abs().mean() < 0.5 * (from_noise - bicubic).abs().mean()
 
 
+def test_lq_start_is_one_noise_free_jump_from_the_lq_image(tiny_pipeline):
+    """start="lq": z_1 = c, so one step returns c - u(c, c, 1, 0) and the seed plays no part."""
+    image = random_photo(12, 12)
+    out = _run(tiny_pipeline, image, seed=3, start="lq", output_type="pt").images
+    torch.testing.assert_close(out, _run(tiny_pipeline, image, seed=4, start="lq", output_type="pt").images)
+    c = tiny_pipeline.encode_images(
+        torch.nn.functional.interpolate(
+            torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None],
+            scale_factor=4,
+            mode="bicubic",
+        ).clamp(0, 1)
+    )
+    ones = torch.ones(1)
+    u = tiny_pipeline.transformer(c, c, timestep=ones, target_timestep=torch.zeros(1)).sample
+    expected = tiny_pipeline.decode_latents(c - u).clamp(0, 1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    two = _run(tiny_pipeline, image, start="lq", num_inference_steps=2, output_type="pt").images
+    assert (two - out).abs().max() > 1e-3
+    tiny_pipeline.register_to_config(default_start="lq")
+    try:
+        torch.testing.assert_close(_run(tiny_pipeline, image, seed=5, output_type="pt").images, out)
+        _run(tiny_pipeline, image, start="noise", start_timestep=0.5)  # the noise start stays available
+    finally:
+        tiny_pipeline.register_to_config(default_start=None)
+
+
 def test_tiled_equals_untiled_when_one_tile_covers(tiny_pipeline):
     image = random_photo(10, 14)
     whole = _run(tiny_pipeline, image, num_inference_steps=2, tile_size=0, output_type="np").images
@@ -152,6 +178,7 @@ def test_callback_sees_each_step(tiny_pipeline):
         (dict(output_type="jpeg"), "output_type"),
         (dict(color_fix="magic"), "color_fix"),
         (dict(tile_size=1), "tile_size"),
+        (dict(start="image"), "start"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(tiny_pipeline, kwargs, match):

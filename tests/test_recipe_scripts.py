@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import PIL.Image
+import pytest
 
 from pipeline_teasr.evaluation import evaluate, write_json
 
@@ -43,14 +44,18 @@ def test_choose_start_scores_each_level_on_training_crops_and_picks_the_best(tmp
     for seed, name in enumerate(("Garden_25", "Wood_25", "Aqua_25")):
         random_photo(40, 48, seed=seed).save(tmp_path / f"{name}.png")
     result = _run(
-        "--model", tiny_pipeline_dir, "--data", str(tmp_path), "--levels", "1.0", "0.05", "--size", "32",
+        "--model", tiny_pipeline_dir, "--data", str(tmp_path), "--levels", "lq", "1.0", "0.05", "--size", "32",
         script=RECIPE_DIR / "choose_start.py",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     scores = report["psnr_y_1step"]
-    assert set(scores) == {"1.0", "0.05"} and all(0 < value < 100 for value in scores.values())
+    assert set(scores) == {"lq", "1.0", "0.05"} and all(0 < value < 100 for value in scores.values())
+    assert len(set(scores.values())) == 3 and 0 < report["bicubic"] < 100
+    assert report["gain_over_bicubic"]["lq"] == pytest.approx(scores["lq"] - report["bicubic"], abs=1e-3)
     assert report["best"] == max(scores, key=scores.get)
+    bad = _run("--model", tiny_pipeline_dir, "--levels", "1.5", script=RECIPE_DIR / "choose_start.py")
+    assert bad.returncode == 2 and "(0, 1]" in bad.stderr
 
 
 def test_report_builds_tables_and_plot_from_eval_jsons_only(tmp_path, tiny_pipeline):

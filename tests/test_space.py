@@ -131,7 +131,7 @@ def photo(folder: Path, name: str, height: int, width: int, seed: int = 0) -> st
 def test_upscale_api_signature_and_result(client: Client, tmp_path: Path) -> None:
     endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/upscale"]
     names = [parameter["parameter_name"] for parameter in endpoint["parameters"]]
-    assert names == ["image", "steps", "scale", "start_timestep", "seed"]
+    assert names == ["image", "steps", "scale", "start_timestep", "seed", "start"]
     assert len(endpoint["returns"]) == 1
 
     source = photo(tmp_path, "small.png", 24, 40)
@@ -145,6 +145,10 @@ def test_upscale_api_signature_and_result(client: Client, tmp_path: Path) -> Non
     with PIL.Image.open(again) as same, PIL.Image.open(other_seed) as different:
         assert same.convert("RGB").tobytes() == first, "the same seed must give the same image"
         assert different.convert("RGB").tobytes() != first, "another seed must give another image"
+    # The LQ start has no noise: the seed plays no part, and it is not the noise start's image.
+    from_lq = [client.predict(handle_file(source), 2, 2, 1.0, seed, "lq", api_name="/upscale") for seed in (7, 8)]
+    with PIL.Image.open(from_lq[0]) as one, PIL.Image.open(from_lq[1]) as two:
+        assert one.convert("RGB").tobytes() == two.convert("RGB").tobytes() != first
 
 
 def test_four_concurrent_calls(client: Client, tmp_path: Path) -> None:
@@ -302,6 +306,7 @@ def test_build_demo_accepts_a_pipeline_in_process(tiny_pipeline, monkeypatch: py
         "Upscale factor",
         "Start timestep T",
         "Seed",
+        "Start from",
     ]
     assert upscale.api_visibility == "public" and endpoints["compare_steps"].api_visibility == "public"
     # Every model-calling event shares one bounded concurrency group; the queue is bounded too.
@@ -322,4 +327,6 @@ def test_start_slider_holds_the_embedded_models_default(monkeypatch: pytest.Monk
     demo = app.build_demo(pipe)
     start = next(block for block in demo.blocks.values() if getattr(block, "label", None) == "Start timestep T")
     assert start.value == pipe.config.default_start_timestep
+    start_from = next(block for block in demo.blocks.values() if getattr(block, "label", None) == "Start from")
+    assert start_from.value == (pipe.config.get("default_start") or "noise")
     assert start.minimum <= start.value <= start.maximum

@@ -49,6 +49,19 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "predicts zero velocity instead of a random projection's noise. Off by default: teasr-mini's released base "
         "was trained without it, and the recipe reproduces it exactly.",
     )
+    parser.add_argument(
+        "--lq_bridge_prob",
+        type=float,
+        default=0.0,
+        help="Share of rows on the LQ bridge z_t = (1 - t) z0 + t c (velocity c - z0; the sampler's start='lq') "
+        "instead of the noise path.",
+    )
+    parser.add_argument(
+        "--lq_bridge_start_prob",
+        type=float,
+        default=0.5,
+        help="Share of the LQ-bridge rows at t = 1, on the LQ image itself.",
+    )
     args = parser.parse_args(input_args)
     if args.zero_init_output and args.pretrained_model_name_or_path is not None:
         parser.error("--zero_init_output is for training from scratch; a pretrained base keeps its output layer.")
@@ -94,7 +107,9 @@ def load_base(args: argparse.Namespace, torch_dtype: torch.dtype = torch.float32
 
 
 def build_objective(args: argparse.Namespace, transformer: torch.nn.Module) -> FlowMatchingObjective:
-    return FlowMatchingObjective(args.timestep_sampling, args.logit_mean, args.logit_std)
+    return FlowMatchingObjective(
+        args.timestep_sampling, args.logit_mean, args.logit_std, args.lq_bridge_prob, args.lq_bridge_start_prob
+    )
 
 
 def main(args: argparse.Namespace) -> None:

@@ -78,6 +78,18 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="Highest start level of the LQ-anchored rows (they start uniformly in [min_timestep, this]).",
     )
+    add(
+        "--lq_bridge_prob",
+        type=float,
+        default=0.0,
+        help="Share of generator rows on the LQ bridge z_t = (1 - t) z0 + t c (the sampler's start='lq').",
+    )
+    add(
+        "--lq_bridge_start_prob",
+        type=float,
+        default=0.5,
+        help="With rectification: share of the LQ-bridge rows starting at t = 1, on the LQ image itself.",
+    )
     add("--min_timestep", type=float, default=0.02, help="Lowest start level t with rectification.")
     add("--reconstruction_loss", type=str, default="l2", choices=("l2", "l1"))
     add("--adversarial_warmup_steps", type=int, default=0, help="Ramp lambda_adv up linearly over these steps.")
@@ -100,6 +112,8 @@ def distillation_config(args: argparse.Namespace) -> DistillationConfig:
         one_step_start_prob=args.one_step_start_prob,
         lq_anchor_prob=args.lq_anchor_prob,
         lq_anchor_max_timestep=args.lq_anchor_max_timestep,
+        lq_bridge_prob=args.lq_bridge_prob,
+        lq_bridge_start_prob=args.lq_bridge_start_prob,
         min_timestep=args.min_timestep,
         reconstruction_loss=args.reconstruction_loss,
         adversarial_warmup_steps=args.adversarial_warmup_steps,

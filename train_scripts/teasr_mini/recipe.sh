@@ -51,11 +51,13 @@ if has_stage distill; then
 fi
 
 if has_stage choose; then
-  # The default start level: the best 1-step PSNR on crops of TRAINING photos (never the held-out set).
-  $PY train_scripts/teasr_mini/choose_start.py --model "$RUNS/teasr" --levels 1.0 0.6 0.4 0.3 0.2 0.1 0.05 0.02 \
+  # The default start: the best 1-step PSNR on crops of TRAINING photos (never the held-out set), among the LQ start
+  # (`lq`) and the noise start at several levels.
+  $PY train_scripts/teasr_mini/choose_start.py --model "$RUNS/teasr" --levels lq 1.0 0.6 0.4 0.3 0.2 0.1 0.05 0.02 \
     | $PY -c 'import json, sys; print(json.load(sys.stdin)["best"])' > "$RUNS/start_timestep.txt"
 fi
-START_T=${START_T:-$(cat "$RUNS/start_timestep.txt" 2>/dev/null || echo 1.0)}
+START=${START:-$(cat "$RUNS/start_timestep.txt" 2>/dev/null || echo 1.0)}
+if [ "$START" = lq ]; then START_MODE=lq START_T=1.0; else START_MODE=noise START_T=$START; fi
 
 if has_stage ablations; then
   # Each ablation and the run it is compared with are distilled from the same base with the same short schedule.
@@ -69,20 +71,20 @@ if has_stage eval; then
   # The distilled model on both protocols at 1/2/4/8 steps with the baselines; the flow base (at its own start
   # level, T = 1) and the 1-step ablations on the training degradation family.
   mkdir -p "$RUNS/eval"
-  ev() {  # ev NAME PROTOCOL FOLDER STEPS START [extra flags...]
-    local name=$1 protocol=$2 folder=$3 steps=$4 start=$5
-    shift 5
+  ev() {  # ev NAME PROTOCOL FOLDER STEPS START_MODE START_LEVEL [extra flags...]
+    local name=$1 protocol=$2 folder=$3 steps=$4 mode=$5 level=$6
+    shift 6
     [ -f "$RUNS/eval/${name}_${protocol}.json" ] && return 0
     # shellcheck disable=SC2086
     $PY -m pipeline_teasr.cli eval --gt "$DATA/heldout" --degradation "$protocol" --seed 0 --model "$folder" \
-      --steps $steps --start-timestep "$start" --json "$RUNS/eval/${name}_${protocol}.json" \
+      --steps $steps --start "$mode" --start-timestep "$level" --json "$RUNS/eval/${name}_${protocol}.json" \
       --name "teasr-mini heldout" --quiet "$@"
   }
-  ev teasr light "$RUNS/teasr" "1 2 4 8" "$START_T" --baseline bicubic lanczos
-  ev teasr bicubic "$RUNS/teasr" "1 2 4 8" "$START_T" --baseline bicubic lanczos
-  ev base light "$RUNS/flow_base" "1 2 4 8" 1.0
+  ev teasr light "$RUNS/teasr" "1 2 4 8" "$START_MODE" "$START_T" --baseline bicubic lanczos
+  ev teasr bicubic "$RUNS/teasr" "1 2 4 8" "$START_MODE" "$START_T" --baseline bicubic lanczos
+  ev base light "$RUNS/flow_base" "1 2 4 8" noise 1.0
   for model in teasr_short coupled no_rect rec_only; do
-    [ -f "$RUNS/$model/model_index.json" ] && ev "$model" light "$RUNS/$model" 1 "$START_T"
+    [ -f "$RUNS/$model/model_index.json" ] && ev "$model" light "$RUNS/$model" 1 "$START_MODE" "$START_T"
   done
 fi
 
@@ -94,11 +96,11 @@ if has_stage export; then
   $PY -m pipeline_teasr.cli export model_card --model "$RUNS/teasr" --overwrite --model-name teasr-mini \
     --card-json "$RUNS/eval/teasr_light.json" "$RUNS/eval/teasr_bicubic.json" \
     --training-recipe train_scripts/teasr_mini/RECIPE.md --card-image docs/teasr_mini_steps.png
-  $PY - "$START_T" <<'PYTHON'
+  $PY - "$START_MODE" "$START_T" <<'PYTHON'
 import sys
 from pipeline_teasr import TEASRPipeline
 pipe = TEASRPipeline.from_pretrained("model_card")
-pipe.register_to_config(default_start_timestep=float(sys.argv[1]))
+pipe.register_to_config(default_start=sys.argv[1], default_start_timestep=float(sys.argv[2]))
 pipe.save_pretrained("model_card")
 PYTHON
 fi
