@@ -102,12 +102,11 @@ def sample_generator_timesteps(
     return t, s, anchored
 
 
-def sample_bridge_timesteps(batch_size: int, generator: torch.Generator, config: DistillationConfig) -> torch.Tensor:
-    """Start levels of LQ-bridge rows: t = 1 (the LQ image itself, where every sampler run starts) for a share
-    `lq_bridge_start_prob`, the others uniform in [min_timestep, 1) (the bridge states later steps visit)."""
-    uniform_t = config.min_timestep + (1.0 - config.min_timestep) * _rand(batch_size, generator)
-    at_start = _rand(batch_size, generator) < config.lq_bridge_start_prob
-    return torch.where(at_start, torch.ones_like(uniform_t), uniform_t)
+def lq_start_levels(t: torch.Tensor, generator: torch.Generator, start_prob: float) -> torch.Tensor:
+    """Levels of LQ-bridge rows: t = 1 (the LQ image itself, where every LQ-start sampler run begins) for a share
+    `start_prob` of the rows, the given `t` (the bridge states later steps visit) for the others."""
+    at_start = _rand(t.shape[0], generator) < start_prob
+    return torch.where(at_start, torch.ones_like(t), t)
 
 
 def sample_critic_timesteps(t: torch.Tensor, s: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -219,8 +218,7 @@ def flow_matching_losses(
     path_end = eps
     if lq_bridge_prob > 0:
         bridge = _rand(batch, generator) < lq_bridge_prob
-        at_start = _rand(batch, generator) < lq_bridge_start_prob
-        t = torch.where(bridge & at_start, torch.ones_like(t), t)
+        t = torch.where(bridge, lq_start_levels(t, generator, lq_bridge_start_prob), t)
         path_end = torch.where(bridge.to(z0.device).view(-1, *([1] * (z0.ndim - 1))), c, eps)
     t = t.to(z0.device)
     u = model(interpolate(z0, path_end, t), c, timestep=t, target_timestep=t).sample
@@ -274,7 +272,8 @@ def self_adversarial_losses(
         bridge = _rand(batch, generator) < config.lq_bridge_prob
         anchored = anchored & ~bridge
         if config.rectification:
-            t_bridge = sample_bridge_timesteps(batch, generator, config)
+            uniform_t = config.min_timestep + (1.0 - config.min_timestep) * _rand(batch, generator)
+            t_bridge = lq_start_levels(uniform_t, generator, config.lq_bridge_start_prob)
             s = torch.where(bridge, s / t * t_bridge, s)
             t = torch.where(bridge, t_bridge, t)
     t_flow, t, s = t_flow.to(device), t.to(device), s.to(device)
