@@ -14,25 +14,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
+from probe_crops import PROBE_CROPS, degraded_crops, load_photo
 
 from pipeline_teasr import TEASRPipeline
-from pipeline_teasr.degradations import DegradationConfig, RealWorldDegradation
 from pipeline_teasr.image_processing_teasr import resize
 from pipeline_teasr.metrics import psnr_y
-
-# (photo, relative top, relative left); the recipe's choice uses the first three, the probes in docs/RESULTS.md all.
-CROPS = (
-    ("Garden_25.png", 0.3, 0.4),
-    ("Wood_25.png", 0.5, 0.5),
-    ("Aqua_25.png", 0.6, 0.3),
-    ("Garden_25.png", 0.7, 0.8),
-    ("Blinds_50.png", 0.2, 0.6),
-    ("Aqua_50.png", 0.8, 0.1),
-    ("Wood_50.png", 0.1, 0.9),
-    ("Blinds_25.png", 0.5, 0.5),
-)
 
 
 def start_candidate(value: str) -> str:
@@ -61,22 +48,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/teasr_mini/train"))
     parser.add_argument("--levels", type=start_candidate, nargs="+", default=["1.0", "0.8", "0.6", "0.4"])
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--num_crops", type=int, default=3, choices=range(1, len(CROPS) + 1), metavar="1..8")
+    parser.add_argument("--num_crops", type=int, default=3, choices=range(1, len(PROBE_CROPS) + 1), metavar="1..8")
     parser.add_argument("--seed_offset", type=int, default=0, help="crop i is degraded with seed offset + i")
     args = parser.parse_args()
     pipe = TEASRPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    degrade = RealWorldDegradation(DegradationConfig.light())
     scores: dict[str, list[float]] = {level: [] for level in args.levels}
     bicubic: list[float] = []
-    for index, (name, fy, fx) in enumerate(CROPS[: args.num_crops]):
-        image = np.asarray(PIL.Image.open(args.data / name).convert("RGB"), dtype=np.float32) / 255
-        top, left = int((image.shape[0] - args.size) * fy), int((image.shape[1] - args.size) * fx)
-        hr = image[top : top + args.size, left : left + args.size]
-        lr = degrade(
-            torch.from_numpy(hr).permute(2, 0, 1)[None].contiguous(),
-            torch.Generator().manual_seed(args.seed_offset + index),
-        )
+    photos = {name: load_photo(args.data / name) for name, _, _ in PROBE_CROPS[: args.num_crops]}
+    for hq, lr in degraded_crops(photos, args.size, args.num_crops, args.seed_offset):
+        hr = hq.permute(1, 2, 0).numpy()
         bicubic.append(psnr_y(resize(lr, hr.shape[:2])[0].permute(1, 2, 0).numpy(), hr, 4))
         for level in args.levels:
             out = pipe(

@@ -20,25 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from probe_crops import degraded_crops, load_photo
 
 from pipeline_teasr.degradations import DegradationConfig, RealWorldDegradation
 from pipeline_teasr.metrics import psnr_y
 from pipeline_teasr.transformer_teasr import SMALL_PIXEL_CONFIG, TEASRTransformer2DModel
-
-EVAL_CROPS = (
-    ("Garden_25.png", 0.3, 0.4),
-    ("Wood_25.png", 0.5, 0.5),
-    ("Aqua_25.png", 0.6, 0.3),
-    ("Garden_25.png", 0.7, 0.8),
-    ("Blinds_50.png", 0.2, 0.6),
-    ("Aqua_50.png", 0.8, 0.1),
-    ("Wood_50.png", 0.1, 0.9),
-    ("Blinds_25.png", 0.5, 0.5),
-)
 
 
 class ResidualCNN(nn.Module):
@@ -97,10 +86,6 @@ class HybridRegressor(nn.Module):
         return self.transformer(c) + self.convs(c) - c
 
 
-def to_tensor(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(PIL.Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-
-
 def upscale(lq: torch.Tensor, size: int) -> torch.Tensor:
     """Bicubic upscaling to `size`, in [-1, 1] (the pipeline's pixel-space latents)."""
     return F.interpolate(lq, size=(size, size), mode="bicubic", align_corners=False) * 2 - 1
@@ -125,14 +110,9 @@ def main() -> None:
     files = sorted(args.data.glob("*.png"))
     if not files:
         raise SystemExit(f"error: no PNG photos in {args.data} (run the recipe's data stage first)")
-    photos = {path.name: to_tensor(path) for path in files}
+    photos = {path.name: load_photo(path) for path in files}
+    evaluation = degraded_crops(photos)
     degrade = RealWorldDegradation(DegradationConfig.light())
-    evaluation = []
-    for index, (name, fy, fx) in enumerate(EVAL_CROPS):
-        photo = photos[name]
-        top, left = int((photo.shape[1] - 128) * fy), int((photo.shape[2] - 128) * fx)
-        hq = photo[:, top : top + 128, left : left + 128].contiguous()
-        evaluation.append((hq, degrade(hq[None], torch.Generator().manual_seed(index))))
 
     model = {
         "dit": lambda: OneJumpTransformer(args.zero_output, args.conv_channels, args.conv_blocks),
