@@ -54,6 +54,11 @@ DEFAULT_LORA_LAYERS = ("to_q", "to_k", "to_v", "to_out.0", "img_mlp.net.0.proj",
 # ====================================================================================================================
 
 
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) row mask -> (B, 1, 1, ...) broadcastable against `like`, on its device."""
+    return mask.to(like.device).view(-1, *([1] * (like.ndim - 1)))
+
+
 def _rand(batch_size: int, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(batch_size, generator=generator, device=generator.device)
 
@@ -219,7 +224,7 @@ def flow_matching_losses(
     if lq_bridge_prob > 0:
         bridge = _rand(batch, generator) < lq_bridge_prob
         t = torch.where(bridge, lq_start_levels(t, generator, lq_bridge_start_prob), t)
-        path_end = torch.where(bridge.to(z0.device).view(-1, *([1] * (z0.ndim - 1))), c, eps)
+        path_end = torch.where(_rows(bridge, z0), c, eps)
     t = t.to(z0.device)
     u = model(interpolate(z0, path_end, t), c, timestep=t, target_timestep=t).sample
     loss = flow_matching_loss(u, z0, path_end)
@@ -279,12 +284,9 @@ def self_adversarial_losses(
     t_flow, t, s = t_flow.to(device), t.to(device), s.to(device)
     anchored, bridge = anchored.to(device), bridge.to(device)
 
-    def rows(mask: torch.Tensor) -> torch.Tensor:
-        return mask.view(-1, *([1] * (z0.ndim - 1)))
-
     # Path ends: the HQ path runs from z0 to eps; anchored rows start from c on it; bridge rows run from z0 to c.
-    path_end = torch.where(rows(bridge), c, eps)
-    z_t = interpolate(torch.where(rows(anchored), c, z0), path_end, t)
+    path_end = torch.where(_rows(bridge, z0), c, eps)
+    z_t = interpolate(torch.where(_rows(anchored, z0), c, z0), path_end, t)
     z_flow = interpolate(z0, eps_flow, t_flow)
     if backward is None:
         u_all = model(
@@ -306,8 +308,8 @@ def self_adversarial_losses(
     weight = jump_weight(t, s, config.rectification, lq_anchored=anchored | bridge)
     # Bridge rows in velocity units (their exact average velocity is c - z0), the others on the state z_s.
     loss_rec = reconstruction_loss(
-        torch.where(rows(bridge), u_gen, z_s_hat),
-        torch.where(rows(bridge), c - z0, z_s),
+        torch.where(_rows(bridge, z0), u_gen, z_s_hat),
+        torch.where(_rows(bridge, z0), c - z0, z_s),
         weight,
         kind=config.reconstruction_loss,
     )
@@ -325,8 +327,8 @@ def self_adversarial_losses(
         noise = randn()
         # The critic reads states of the noise path: bridge rows give it their clean image (real) and the clean
         # image their velocity implies (fake, `z_t - t u`), renoised from level 0.
-        real = torch.where(rows(bridge), z0, z_s)
-        fake = torch.where(rows(bridge), flow_map_step(z_t, u_gen, t, torch.zeros_like(t)), z_s_hat)
+        real = torch.where(_rows(bridge, z0), z0, z_s)
+        fake = torch.where(_rows(bridge, z0), flow_map_step(z_t, u_gen, t, torch.zeros_like(t)), z_s_hat)
         level = torch.where(bridge, torch.zeros_like(s), s)
         with torch.no_grad():
             real_states = backbone(

@@ -435,10 +435,8 @@ def evaluate(
         scale = 4
     if limit is not None and limit < 1:
         raise EvaluationError(f"--limit must be >= 1, got {limit}")
-    if steps and start is None:
-        start = pipeline.config.get("default_start") or "noise"
-    if steps and start_timestep is None:
-        start_timestep = 1.0 if start == "lq" else float(pipeline.config.get("default_start_timestep") or 1.0)
+    if steps:
+        start, start_timestep = pipeline.resolve_start(start, start_timestep)
     if steps and tile_size is None:
         tile_size = pipeline.config.get("default_tile_size")
 

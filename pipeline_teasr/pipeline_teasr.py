@@ -218,6 +218,14 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                     f"`callback_on_step_end_tensor_inputs` may only hold {self._callback_tensor_inputs}, got {name!r}."
                 )
 
+    def resolve_start(self, start: str | None, start_timestep: float | None) -> tuple[str, float]:
+        """`(start, start_timestep)` of a call: the given values, else the pipeline's defaults ("noise", 1.0)."""
+        if start is None:
+            start = self.config.get("default_start") or "noise"
+        if start_timestep is None:
+            start_timestep = float(self.config.get("default_start_timestep") or 1.0)
+        return start, start_timestep
+
     @staticmethod
     def output_size(height: int, width: int, upscale: float, max_output_pixels: int | None) -> tuple[int, int]:
         out_h, out_w = max(1, round(height * upscale)), max(1, round(width * upscale))
@@ -295,10 +303,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         images = image if isinstance(image, list) else [image]
         if tile_size is None:
             tile_size = self.config.get("default_tile_size")
-        if start is None:
-            start = self.config.get("default_start") or "noise"
-        if start_timestep is None:
-            start_timestep = self.config.get("default_start_timestep") or 1.0
+        start, start_timestep = self.resolve_start(start, start_timestep)
         self.check_inputs(
             image,
             upscale,

@@ -303,8 +303,7 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
         pipe = load_pipeline(None, None, "auto")
     config_tile = pipe.config.get("default_tile_size")
     default_tile = min(MAX_TILE_SIZE, config_tile if config_tile is not None else FALLBACK_TILE_SIZE)
-    default_start = float(pipe.config.get("default_start_timestep") or 1.0)
-    default_start_from = pipe.config.get("default_start") or "noise"
+    default_start_from, default_start = pipe.resolve_start(None, None)
     store = OutputStore(Path(tempfile.gettempdir()) / "teasr-space")
     model_name = pipe.config.get("_name_or_path") or "TEASR"
 
