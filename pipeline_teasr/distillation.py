@@ -288,7 +288,12 @@ def self_adversarial_losses(
     path_end = torch.where(_rows(bridge, z0), c, eps)
     z_t = interpolate(torch.where(_rows(anchored, z0), c, z0), path_end, t)
     z_flow = interpolate(z0, eps_flow, t_flow)
-    if backward is None:
+    if config.lambda_flow == 0:
+        # No flow term: skip the flow rows' forward and backward (their random draws above are kept, so a run
+        # with lambda_flow 0 sees the same generator rows as one with lambda_flow > 0).
+        loss_flow = z0.new_zeros((), dtype=torch.float32)
+        u_gen = model(z_t, c, timestep=t, target_timestep=s).sample
+    elif backward is None:
         u_all = model(
             torch.cat([z_flow, z_t]),
             torch.cat([c, c]),

@@ -350,6 +350,26 @@ def test_early_flow_backward_gives_the_same_losses_and_gradients():
         torch.testing.assert_close(plain, split, rtol=1e-4, atol=1e-6)
 
 
+def test_without_the_flow_term_the_flow_rows_are_not_run_and_the_generator_rows_are_unchanged():
+    """lambda_flow = 0 (a pure LQ-bridge run) skips the flow rows' forward, with the same generator rows."""
+    z0, c = tiny_batch()
+    model = tiny_transformer()
+    calls: list[int] = []
+    model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    results = {}
+    for lambda_flow in (1.0, 0.0):
+        calls.clear()
+        config = DistillationConfig(lambda_flow=lambda_flow, reconstruction_only=True, lq_bridge_prob=1.0)
+        results[lambda_flow] = self_adversarial_losses(model, z0, c, config, torch.Generator().manual_seed(0))
+        results[lambda_flow]["calls"] = list(calls)
+    assert results[1.0]["calls"] == [2 * z0.shape[0]] and results[0.0]["calls"] == [z0.shape[0]]
+    assert results[0.0]["flow"] == 0 and results[1.0]["flow"] > 0
+    torch.testing.assert_close(results[0.0]["rec"], results[1.0]["rec"])
+    torch.testing.assert_close(results[0.0]["loss"].detach(), results[0.0]["rec"])
+    results[0.0]["loss"].backward()
+    assert _grad_total(model) > 0
+
+
 def _grad_total(module: nn.Module) -> float:
     return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
 

@@ -305,6 +305,22 @@ def test_zero_init_output_starts_a_new_model_at_zero_velocity(photo_folder, tmp_
 # ------------------------------------------------------------------------------------------------------ bad input
 
 
+def test_distillation_zero_init_output_starts_the_lq_start_at_the_upscaled_input(tiny_pipeline_dir, tmp_path):
+    # A pure LQ-bridge run may discard the base's velocity head: its one LQ-start step then returns the input.
+    module = script_module("train_teasr_lora")
+    base_args = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--output_dir", str(tmp_path)]
+    base_args += ["--train_data_dir", str(tmp_path), "--full_finetune", "--zero_init_output"]
+    for refused in ([], ["--lambda_flow", "0.5"]):  # the flow rows would need the discarded head
+        with pytest.raises(SystemExit):
+            module.parse_args([*base_args, *refused])
+    pipe = module.load_base(module.parse_args([*base_args, "--lambda_flow", "0"]))
+    assert pipe.transformer.proj_out.weight.abs().sum() == 0
+    lq = torch.rand(1, 3, 8, 8)
+    out = pipe(lq[0], num_inference_steps=1, start="lq", output_type="pt").images
+    upscaled = torch.nn.functional.interpolate(lq, scale_factor=4, mode="bicubic").clamp(0, 1)
+    torch.testing.assert_close(out, upscaled, atol=1e-5, rtol=0)
+
+
 def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_path):
     out = tmp_path / "bad"
     base = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--report_to", "none"]

@@ -96,8 +96,7 @@ def load_base(args: argparse.Namespace, torch_dtype: torch.dtype = torch.float32
     torch.manual_seed(args.seed)
     transformer = TEASRTransformer2DModel(**model_config(args.model_config))
     if args.zero_init_output:
-        torch.nn.init.zeros_(transformer.proj_out.weight)
-        torch.nn.init.zeros_(transformer.proj_out.bias)
+        transformer.zero_output_layers()
     if transformer.out_channels != 3 and args.pretrained_vae_model_name_or_path is None:
         raise ValueError("A latent-space --model_config needs --pretrained_vae_model_name_or_path.")
     vae = None

@@ -92,10 +92,19 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     )
     add("--min_timestep", type=float, default=0.02, help="Lowest start level t with rectification.")
     add("--reconstruction_loss", type=str, default="l2", choices=("l2", "l1"))
+    add(
+        "--zero_init_output",
+        action="store_true",
+        help="Zero the base's velocity output layers before distilling, so that the LQ start begins as the upscaled "
+        "LQ image and the base contributes its features only. Needs --full_finetune and --lambda_flow 0 (it "
+        "discards the base's flow prediction, which the flow rows would otherwise have to relearn).",
+    )
     add("--adversarial_warmup_steps", type=int, default=0, help="Ramp lambda_adv up linearly over these steps.")
     args = parser.parse_args(input_args)
     if args.pretrained_model_name_or_path is None:
         parser.error("--pretrained_model_name_or_path (the flow SR base to distil) is required.")
+    if args.zero_init_output and (not args.full_finetune or args.lambda_flow != 0):
+        parser.error("--zero_init_output needs --full_finetune and --lambda_flow 0.")
     return args
 
 
@@ -124,12 +133,15 @@ def distillation_config(args: argparse.Namespace) -> DistillationConfig:
 
 
 def load_base(args: argparse.Namespace, torch_dtype: torch.dtype = torch.float32):
-    return load_training_pipeline(
+    pipe = load_training_pipeline(
         args.pretrained_model_name_or_path,
         torch_dtype=torch_dtype,
         vae_path=args.pretrained_vae_model_name_or_path,
         cache_dir=args.cache_dir,
     )
+    if args.zero_init_output:
+        pipe.transformer.zero_output_layers()
+    return pipe
 
 
 def build_objective(args: argparse.Namespace, transformer: torch.nn.Module) -> SelfAdversarialObjective:

@@ -277,6 +277,17 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             self.lq_skip_in = layer.to(self.img_in.weight.device, self.img_in.weight.dtype)
             self.register_to_config(lq_skip=True)
 
+    def zero_output_layers(self) -> None:
+        """Zero the layers that write the velocity (`proj_out` and the conv path's output convolution), so that the
+        model predicts `u = 0` for every input: one step from the LQ start then returns the upscaled LQ image itself.
+        DiT's initialisation when training from scratch; on a trained base it discards the base's velocity head
+        and keeps its features."""
+        layers = [self.proj_out] + ([self.conv_path.to_patches] if self.conv_path is not None else [])
+        with torch.no_grad():
+            for layer in layers:
+                layer.weight.zero_()
+                layer.bias.zero_()
+
     def enable_conv_path(self, channels: int, num_blocks: int) -> None:
         """Add the token-grid convolutional path (`conv_channels`, `conv_blocks`) to a model that has none; its
         outputs start at zero, so the model's outputs are unchanged until it is trained."""
