@@ -663,6 +663,14 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
         help="VAE folder, for a bare latent-space transformer base.",
     )
     add("--full_finetune", action="store_true", help="Train every transformer weight instead of a LoRA.")
+    add(
+        "--trainable_modules",
+        type=str,
+        nargs="+",
+        default=None,
+        help="With --full_finetune: train only these top-level submodules of the transformer (e.g. conv_path "
+        "proj_out norm_out); the rest stays frozen but still computes. Default: all.",
+    )
     add("--rank", type=int, default=16, help="LoRA rank.")
     add("--lora_alpha", type=int, default=16, help="LoRA alpha.")
     add(
@@ -822,6 +830,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--ema_decay must lie in (0, 1), got {args.ema_decay}.")
     if args.conv_channels < 0 or args.conv_blocks < 0:
         raise ValueError(f"--conv_channels / --conv_blocks must be >= 0: {args.conv_channels} / {args.conv_blocks}.")
+    if args.trainable_modules is not None and not args.full_finetune:
+        raise ValueError("--trainable_modules selects what a full fine-tune trains: add --full_finetune.")
 
 
 # ====================================================================================================================
@@ -1023,7 +1033,13 @@ def run_training(
         )
         cast_training_params(transformer, dtype=torch.float32)
     else:
-        transformer.requires_grad_(True)
+        transformer.requires_grad_(args.trainable_modules is None)
+        for name in args.trainable_modules or ():
+            trainable = getattr(transformer, name, None)
+            if not isinstance(trainable, nn.Module):
+                children = ", ".join(child for child, _ in transformer.named_children())
+                raise ValueError(f"--trainable_modules: the transformer has no submodule {name!r} (has: {children}).")
+            trainable.requires_grad_(True)
         _move(transformer, accelerator.device, torch.float32)
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()

@@ -283,6 +283,28 @@ def test_full_finetune_distillation_saves_a_loadable_pipeline(photo_folder, tiny
     assert os.path.isfile(out / "critic_heads" / "critic_heads.safetensors")
 
 
+def test_trainable_modules_train_only_those_and_a_wrong_name_is_one_clear_error(
+    photo_folder, tiny_pipeline_dir, tmp_path
+):
+    args = [
+        *common_args(photo_folder, tmp_path / "out", str(tmp_path / "cache"), steps=2),
+        "--report_to", "none", "--pretrained_model_name_or_path", tiny_pipeline_dir,
+        "--lambda_flow", "0", "--lq_bridge_prob", "1", "--reconstruction_only", "--reconstruction_loss", "l1",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="--full_finetune"):  # a LoRA has no submodules of its own to pick
+        run_in_process("train_teasr_lora", [*args, "--trainable_modules", "proj_out"])
+    args.append("--full_finetune")
+    run_in_process("train_teasr_lora", [*args, "--trainable_modules", "proj_out", "norm_out"])
+    base = TEASRPipeline.from_pretrained(tiny_pipeline_dir).transformer.state_dict()
+    trained = TEASRPipeline.from_pretrained(tmp_path / "out").transformer.state_dict()
+    changed = {name.split(".")[0] for name in base if not torch.equal(base[name], trained[name])}
+    assert changed == {"proj_out", "norm_out"}
+    with pytest.raises(ValueError, match="no submodule 'blocks'.*transformer_blocks"):
+        run_in_process(
+            "train_teasr_lora", [*args, "--output_dir", str(tmp_path / "bad"), "--trainable_modules", "blocks"]
+        )
+
+
 def test_zero_init_output_starts_a_new_model_at_zero_velocity(photo_folder, tmp_path):
     # DiT's zero-initialised output layer: the first steps learn the data, not how to cancel a random projection.
     module = script_module("train_flow_sr")
