@@ -10,6 +10,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
+from pipeline_teasr import TEASRPipeline
 from pipeline_teasr.evaluation import evaluate, write_json
 
 from .conftest import random_photo
@@ -54,6 +55,17 @@ def test_choose_start_scores_each_level_on_training_crops_and_picks_the_best(tmp
     assert len(set(scores.values())) == 3 and 0 < report["bicubic"] < 100
     assert report["gain_over_bicubic"]["lq"] == pytest.approx(scores["lq"] - report["bicubic"], abs=1e-3)
     assert report["best"] == max(scores, key=scores.get)
+    # --transformer swaps in another transformer folder (a training checkpoint's): with a zero velocity head the
+    # LQ start returns the bicubic upscale itself.
+    transformer = TEASRPipeline.from_pretrained(tiny_pipeline_dir).transformer
+    transformer.zero_output_layers()
+    transformer.save_pretrained(tmp_path / "zero_head")
+    zero = _run(
+        "--model", tiny_pipeline_dir, "--transformer", str(tmp_path / "zero_head"), "--data", str(tmp_path),
+        "--levels", "lq", "--size", "32", script=RECIPE_DIR / "choose_start.py",
+    )  # fmt: skip
+    assert zero.returncode == 0, zero.stderr
+    assert json.loads(zero.stdout)["gain_over_bicubic"]["lq"] == pytest.approx(0, abs=1e-3)
     bad = _run("--model", tiny_pipeline_dir, "--levels", "1.5", script=RECIPE_DIR / "choose_start.py")
     assert bad.returncode == 2 and "(0, 1]" in bad.stderr
 

@@ -2,6 +2,7 @@
 
 Usage: python train_scripts/teasr_mini/choose_start.py --model runs/teasr_mini/teasr --data data/teasr_mini/train
     --levels lq 1.0 0.1
+`--transformer RUN/checkpoint-N/transformer` scores a training checkpoint's raw weights in the pipeline of --model.
 Each candidate is a start level T of the noise start (`start="noise"`, `start_timestep=T`) or `lq` (the LQ start
 at T = 1, `start="lq"`).
 Prints one JSON line: mean PSNR-Y of 1-step outputs per candidate, that of bicubic, and the best candidate.
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from probe_crops import PROBE_CROPS, degraded_crops, load_photo
 
-from pipeline_teasr import TEASRPipeline
+from pipeline_teasr import TEASRPipeline, TEASRTransformer2DModel
 from pipeline_teasr.image_processing_teasr import resize
 from pipeline_teasr.metrics import psnr_y
 
@@ -45,13 +46,21 @@ def start_kwargs(candidate: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
+    parser.add_argument(
+        "--transformer",
+        default=None,
+        help="a transformer folder to use instead of the model's own, e.g. RUN/checkpoint-N/transformer (raw weights)",
+    )
     parser.add_argument("--data", type=Path, default=Path("data/teasr_mini/train"))
     parser.add_argument("--levels", type=start_candidate, nargs="+", default=["1.0", "0.8", "0.6", "0.4"])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--num_crops", type=int, default=3, choices=range(1, len(PROBE_CROPS) + 1), metavar="1..8")
     parser.add_argument("--seed_offset", type=int, default=0, help="crop i is degraded with seed offset + i")
     args = parser.parse_args()
-    pipe = TEASRPipeline.from_pretrained(args.model)
+    overrides = {}
+    if args.transformer is not None:
+        overrides["transformer"] = TEASRTransformer2DModel.from_pretrained(args.transformer)
+    pipe = TEASRPipeline.from_pretrained(args.model, **overrides)
     pipe.set_progress_bar_config(disable=True)
     scores: dict[str, list[float]] = {level: [] for level in args.levels}
     bicubic: list[float] = []
