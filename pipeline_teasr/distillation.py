@@ -389,6 +389,10 @@ def self_adversarial_losses(
     }
 
 
+def _starts(noise_path: bool, lq_bridge: bool) -> list[str]:
+    return [start for start, trained in (("noise", noise_path), ("lq", lq_bridge)) if trained]
+
+
 class FlowMatchingObjective:
     """`run_training` objective of `train_flow_sr.py`: the s = t mode only."""
 
@@ -408,6 +412,11 @@ class FlowMatchingObjective:
         self.scheme, self.logit_mean, self.logit_std = scheme, logit_mean, logit_std
         self.lq_bridge_prob, self.lq_bridge_start_prob = lq_bridge_prob, lq_bridge_start_prob
         self.modules: dict[str, nn.Module] = {}
+
+    @property
+    def trained_starts(self) -> list[str]:
+        """The sampler starts whose paths the rows train: the noise path and / or the LQ bridge."""
+        return _starts(noise_path=self.lq_bridge_prob < 1, lq_bridge=self.lq_bridge_prob > 0)
 
     def __call__(self, model, z0, c, generator, step, backward=None) -> dict[str, torch.Tensor]:
         # One pass: everything is returned in "loss", `backward` (for early partial backwards) is not needed.
@@ -432,6 +441,14 @@ class SelfAdversarialObjective:
     def __init__(self, config: DistillationConfig, critic_heads: CriticHeads | None):
         self.config = config
         self.modules: dict[str, nn.Module] = {"critic_heads": critic_heads} if critic_heads is not None else {}
+
+    @property
+    def trained_starts(self) -> list[str]:
+        """The sampler starts whose paths the rows train (flow rows and non-bridge generator rows: the noise path)."""
+        config = self.config
+        return _starts(
+            noise_path=config.lambda_flow > 0 or config.lq_bridge_prob < 1, lq_bridge=config.lq_bridge_prob > 0
+        )
 
     def __call__(self, model, z0, c, generator, step, backward=None) -> dict[str, torch.Tensor]:
         heads = self.modules.get("critic_heads")
@@ -1051,7 +1068,14 @@ def run_training(
     if default_tile_size is None and vae is None:
         default_tile_size = args.resolution
     default_start_timestep = args.default_start_timestep or pipe.config.get("default_start_timestep")
-    saved_defaults = {"default_tile_size": default_tile_size, "default_start_timestep": default_start_timestep}
+    # A model trained on one path only records it: the pipeline refuses the other start and defaults to this one.
+    trained_starts = objective.trained_starts
+    saved_defaults = {
+        "default_tile_size": default_tile_size,
+        "default_start_timestep": default_start_timestep,
+        "default_start": trained_starts[0] if len(trained_starts) == 1 else pipe.config.get("default_start"),
+        "supported_starts": trained_starts if len(trained_starts) == 1 else None,
+    }
 
     # ---- optimiser, data loader, schedule.
     learning_rate = args.learning_rate

@@ -436,7 +436,10 @@ def evaluate(
     if limit is not None and limit < 1:
         raise EvaluationError(f"--limit must be >= 1, got {limit}")
     if steps:
-        start, start_timestep = pipeline.resolve_start(start, start_timestep)
+        try:
+            start, start_timestep = pipeline.resolve_start(start, start_timestep)
+        except ValueError as error:
+            raise EvaluationError(str(error)) from None
     if steps and tile_size is None:
         tile_size = pipeline.config.get("default_tile_size")
 

@@ -76,6 +76,9 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             (1.0 if unset); a model distilled for LQ-anchored starts records its largest trained level here.
         default_start (`str`, *optional*): `"noise"` or `"lq"`, used when a call passes no `start` (`"noise"` if
             unset); a model distilled with LQ-bridge rows records `"lq"` here.
+        supported_starts (`list[str]`, *optional*): the starts the model was trained for (`None`: both). A model
+            trained on one path only (e.g. teasr-mini: LQ-bridge rows and no flow rows, `["lq"]`) returns noise, not
+            an upscale, from the other, so a call asking for it is refused.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -92,6 +95,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         default_tile_size: int | None = None,
         default_start_timestep: float | None = None,
         default_start: str | None = None,
+        supported_starts: list[str] | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -101,6 +105,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             default_tile_size=default_tile_size,
             default_start_timestep=default_start_timestep,
             default_start=default_start,
+            supported_starts=list(supported_starts) if supported_starts is not None else None,
         )
         self._interrupt = False
 
@@ -218,10 +223,22 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                     f"`callback_on_step_end_tensor_inputs` may only hold {self._callback_tensor_inputs}, got {name!r}."
                 )
 
+    @property
+    def supported_starts(self) -> tuple[str, ...]:
+        """The starts this model was trained for (`supported_starts` in its config; both when unset)."""
+        return tuple(self.config.get("supported_starts") or ("noise", "lq"))
+
     def resolve_start(self, start: str | None, start_timestep: float | None) -> tuple[str, float]:
-        """`(start, start_timestep)` of a call: the given values, else the pipeline's defaults ("noise", 1.0)."""
+        """`(start, start_timestep)` of a call: the given values, else the pipeline's defaults ("noise" if the model
+        supports it, 1.0). A start the model was not trained for (`supported_starts`) is refused."""
+        supported = self.supported_starts
         if start is None:
-            start = self.config.get("default_start") or "noise"
+            start = self.config.get("default_start") or ("noise" if "noise" in supported else supported[0])
+        elif start in ("noise", "lq") and start not in supported:
+            raise ValueError(
+                f"This model was trained for start={' or '.join(map(repr, supported))} only (supported_starts in "
+                f"its model_index.json); start={start!r} would return noise, not an upscale."
+            )
         if start_timestep is None:
             start_timestep = float(self.config.get("default_start_timestep") or 1.0)
         return start, start_timestep
@@ -532,7 +549,8 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             index = json.load(handle)
 
         components: dict[str, Any] = {}
-        for name in ("transformer", "scheduler", "vae", "text_encoder", "tokenizer"):
+        component_names = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer")
+        for name in component_names:
             if name in kwargs:
                 components[name] = kwargs.pop(name)
                 continue
@@ -543,8 +561,9 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                     continue
                 raise ValueError(f"{path}: model_index.json names no `{name}` component.")
             components[name] = _load_component(path, name, spec[1], torch_dtype)
+        settings = set(inspect.signature(cls.__init__).parameters) - set(component_names) - {"self"}
         for key, value in index.items():
-            if not key.startswith("_") and key not in components and not isinstance(value, list):
+            if key in settings:  # other entries (e.g. a Qwen-Image-Edit folder's `processor`) are not ours
                 components[key] = kwargs.pop(key, value)
         if kwargs:
             raise ValueError(f"Unexpected arguments for TEASRPipeline.from_pretrained: {sorted(kwargs)}.")

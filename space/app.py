@@ -377,7 +377,7 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
                 steps = gr.Slider(1, MAX_STEPS, value=1, step=1, label="Steps", info="network calls per tile")
                 scale = gr.Slider(1, MAX_SCALE, value=4, step=0.5, label="Upscale factor", elem_id="scale")
                 start_from = gr.Radio(
-                    START_CHOICES,
+                    [(label, value) for label, value in START_CHOICES if value in pipe.supported_starts],
                     value=default_start_from,
                     label="Start from",
                     info="LQ image: deterministic restoration · noise: sampling (the seed matters)",

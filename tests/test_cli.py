@@ -145,6 +145,23 @@ def test_lq_start_ignores_the_seed_and_differs_from_the_noise_start(run_cli, tmp
     assert np.abs(outputs["lq", "1"].astype(int) - outputs["noise", "1"]).max() > 0
 
 
+def test_a_start_the_model_was_not_trained_for_is_one_clear_error(tiny_pipeline, tmp_path, capsys):
+    tiny_pipeline.register_to_config(supported_starts=["lq"])
+    try:
+        tiny_pipeline.save_pretrained(tmp_path / "lq_only")
+    finally:
+        tiny_pipeline.register_to_config(supported_starts=None)
+    source = tmp_path / "photo.png"
+    random_photo(8, 8).save(source)
+    args = ["upscale", str(source), "--model", str(tmp_path / "lq_only")]
+    assert main([*args, "-o", str(tmp_path / "default.png")]) == 0  # the default is the supported start
+    capsys.readouterr()
+    assert main([*args, "-o", str(tmp_path / "noise.png"), "--start", "noise"]) != 0
+    err = capsys.readouterr().err
+    assert "trained for start='lq' only" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "noise.png").exists()
+
+
 def test_folder_with_good_and_bad_files(run_cli, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -95,6 +95,23 @@ def test_lq_start_is_one_noise_free_jump_from_the_lq_image(tiny_pipeline):
         tiny_pipeline.register_to_config(default_start=None)
 
 
+def test_supported_starts_default_and_refuse_the_untrained_start(tiny_pipeline, tmp_path):
+    """A model trained on the LQ bridge only (`supported_starts=["lq"]`) starts there by default and refuses noise."""
+    image = random_photo(8, 8)
+    assert tiny_pipeline.supported_starts == ("noise", "lq")  # unset: both, as in every older folder
+    tiny_pipeline.register_to_config(supported_starts=["lq"])
+    try:
+        tiny_pipeline.save_pretrained(tmp_path / "lq_only")
+        assert tiny_pipeline.resolve_start(None, None) == ("lq", 1.0)
+        with pytest.raises(ValueError, match="trained for start='lq' only"):
+            _run(tiny_pipeline, image, start="noise")
+        lq = _run(tiny_pipeline, image, start="lq", output_type="pt").images
+        torch.testing.assert_close(_run(tiny_pipeline, image, output_type="pt").images, lq)
+    finally:
+        tiny_pipeline.register_to_config(supported_starts=None)
+    assert TEASRPipeline.from_pretrained(tmp_path / "lq_only").supported_starts == ("lq",)
+
+
 def test_tiled_equals_untiled_when_one_tile_covers(tiny_pipeline):
     image = random_photo(10, 14)
     whole = _run(tiny_pipeline, image, num_inference_steps=2, tile_size=0, output_type="np").images

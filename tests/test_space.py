@@ -330,3 +330,5 @@ def test_start_slider_holds_the_embedded_models_default(monkeypatch: pytest.Monk
     start_from = next(block for block in demo.blocks.values() if getattr(block, "label", None) == "Start from")
     assert start_from.value == (pipe.config.get("default_start") or "noise")
     assert start.minimum <= start.value <= start.maximum
+    offered = [value for _, value in start_from.choices]
+    assert offered == [value for _, value in app.START_CHOICES if value in pipe.supported_starts]

@@ -299,6 +299,9 @@ def test_trainable_modules_train_only_those_and_a_wrong_name_is_one_clear_error(
     trained = TEASRPipeline.from_pretrained(tmp_path / "out").transformer.state_dict()
     changed = {name.split(".")[0] for name in base if not torch.equal(base[name], trained[name])}
     assert changed == {"proj_out", "norm_out"}
+    # LQ-bridge rows only, no flow rows: the saved pipeline knows it was trained for the LQ start alone.
+    saved = TEASRPipeline.from_pretrained(tmp_path / "out")
+    assert saved.supported_starts == ("lq",) and saved.resolve_start(None, None)[0] == "lq"
     with pytest.raises(ValueError, match="no submodule 'blocks'.*transformer_blocks"):
         run_in_process(
             "train_teasr_lora", [*args, "--output_dir", str(tmp_path / "bad"), "--trainable_modules", "blocks"]
