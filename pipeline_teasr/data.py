@@ -100,6 +100,13 @@ def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
 
 
+def crop_gradient(pixels: torch.Tensor) -> float:
+    """Mean absolute difference between neighbouring pixels of the grey image of `pixels` (3, H, W) in [0, 1]: how
+    much detail a crop holds (teasr-mini's training photos: median 0.006 over random 64 x 64 crops, flat bokeh)."""
+    grey = pixels.mean(dim=0)
+    return 0.5 * float((grey[1:] - grey[:-1]).abs().mean() + (grey[:, 1:] - grey[:, :-1]).abs().mean())
+
+
 class _CropMixin:
     """Random aligned crops of an HQ image (and its paired LQ image)."""
 
@@ -109,6 +116,8 @@ class _CropMixin:
     small_images: str
     seed: int
     epoch: int
+    min_crop_gradient: float = 0.0
+    max_crop_draws: int = 10
 
     def _init_crops(
         self,
@@ -120,6 +129,7 @@ class _CropMixin:
         random_flip: bool,
         small_images: str,
         seed: int,
+        min_crop_gradient: float = 0.0,
     ) -> None:
         if resolution % scale:
             raise ValueError(f"--resolution ({resolution}) must be a multiple of --scale ({scale}).")
@@ -128,6 +138,11 @@ class _CropMixin:
         self.dataset, self.image_column, self.lq_column = dataset, image_column, lq_column
         self.resolution, self.scale, self.random_flip = resolution, scale, random_flip
         self.small_images, self.seed, self.epoch = small_images, seed, 0
+        if not 0.0 <= min_crop_gradient < 1.0:
+            raise ValueError(
+                f"--min_crop_gradient must lie in [0, 1) (pixel values in [0, 1]), got {min_crop_gradient}."
+            )
+        self.min_crop_gradient = min_crop_gradient
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -147,7 +162,17 @@ class _CropMixin:
         y = self.scale * int(rng.integers(0, (height - self.resolution) // self.scale + 1))
         flip = self.random_flip and bool(rng.random() < 0.5)
         box = (x, y, x + self.resolution, y + self.resolution)
-        item: dict[str, Any] = {"pixel_values": _to_tensor(hq.crop(box)), "upsized": upsized}
+        pixels = _to_tensor(hq.crop(box))
+        # Photos with large flat areas (sky, bokeh) give mostly flat crops, which teach denoising but not detail:
+        # with min_crop_gradient, a crop is redrawn (a bounded number of times) while it is flatter than that.
+        for _ in range(self.max_crop_draws - 1):
+            if crop_gradient(pixels) >= self.min_crop_gradient:
+                break
+            x = self.scale * int(rng.integers(0, (width - self.resolution) // self.scale + 1))
+            y = self.scale * int(rng.integers(0, (height - self.resolution) // self.scale + 1))
+            box = (x, y, x + self.resolution, y + self.resolution)
+            pixels = _to_tensor(hq.crop(box))
+        item: dict[str, Any] = {"pixel_values": pixels, "upsized": upsized}
         if lq is not None:
             lq_size = (width // self.scale, height // self.scale)
             if lq.size != lq_size:
@@ -173,6 +198,7 @@ class SRCropDataset(_CropMixin, torch.utils.data.Dataset):
         random_flip: random horizontal flips.
         small_images: `"upsize"` (enlarge to `resolution`) or `"skip"`.
         seed: base seed of the crops; `set_epoch` varies them per epoch.
+        min_crop_gradient: redraw a crop (at most 9 times) while its `crop_gradient` is below this (0 = off).
     """
 
     def __init__(
@@ -185,10 +211,13 @@ class SRCropDataset(_CropMixin, torch.utils.data.Dataset):
         random_flip: bool = True,
         small_images: str = "upsize",
         seed: int = 0,
+        min_crop_gradient: float = 0.0,
     ):
         if len(dataset) == 0:
             raise ValueError("The training set is empty.")
-        self._init_crops(dataset, image_column, lq_column, resolution, scale, random_flip, small_images, seed)
+        self._init_crops(
+            dataset, image_column, lq_column, resolution, scale, random_flip, small_images, seed, min_crop_gradient
+        )
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -227,6 +256,7 @@ class SRStreamingCropDataset(_CropMixin, torch.utils.data.IterableDataset):
         random_flip: bool = True,
         small_images: str = "upsize",
         seed: int = 0,
+        min_crop_gradient: float = 0.0,
         shuffle_buffer_size: int = 1000,
         num_processes: int = 1,
         process_index: int = 0,
@@ -235,7 +265,9 @@ class SRStreamingCropDataset(_CropMixin, torch.utils.data.IterableDataset):
             from datasets.distributed import split_dataset_by_node
 
             dataset = split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
-        self._init_crops(dataset, image_column, lq_column, resolution, scale, random_flip, small_images, seed)
+        self._init_crops(
+            dataset, image_column, lq_column, resolution, scale, random_flip, small_images, seed, min_crop_gradient
+        )
         self.shuffle_buffer_size = shuffle_buffer_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

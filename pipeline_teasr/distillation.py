@@ -741,6 +741,14 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
         choices=("upsize", "skip"),
         help="Images smaller than --resolution: enlarge them or skip them (counted in the log either way).",
     )
+    add(
+        "--min_crop_gradient",
+        type=float,
+        default=0.0,
+        help="Redraw a training crop (at most 9 times) while the mean absolute difference of neighbouring grey "
+        "pixels (in [0, 1]) of its HQ image is below this; photos with large flat areas (sky, bokeh) otherwise give "
+        "mostly flat crops. 0 = off.",
+    )
     add("--random_flip", action="store_true", help="Random horizontal flips.")
     add("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
     # Optimisation.
@@ -1095,6 +1103,7 @@ def run_training(
         random_flip=args.random_flip,
         small_images=args.small_images,
         seed=args.seed,
+        min_crop_gradient=args.min_crop_gradient,
     )
     if args.streaming:
         if args.max_train_steps is None:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline_teasr import TEASRPipeline
-from pipeline_teasr.data import SRCropDataset, collate_sr_batch, decode_image, load_image_dataset
+from pipeline_teasr.data import SRCropDataset, collate_sr_batch, crop_gradient, decode_image, load_image_dataset
 from pipeline_teasr.distillation import CHECKPOINT_MARKER
 from pipeline_teasr.losses import CriticHeads
 
@@ -401,6 +401,25 @@ def test_dataset_skips_corrupt_upsizes_small_and_is_seeded(photo_folder, hf_cach
         load_image_dataset(train_data_dir=str(photo_folder), lq_column="lq", cache_dir=hf_cache)
     with pytest.raises(ValueError, match="exactly one"):
         load_image_dataset(cache_dir=hf_cache)
+
+
+def test_min_crop_gradient_redraws_flat_crops(tmp_path):
+    from datasets import Dataset, Image
+
+    # A photo whose left half is flat and right half is noise: with the threshold every crop holds detail.
+    pixels = np.full((64, 128, 3), 120, dtype=np.uint8)
+    pixels[:, 64:] = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    PIL.Image.fromarray(pixels).save(tmp_path / "half.png")
+    dataset = Dataset.from_dict({"image": [str(tmp_path / "half.png")] * 16}).cast_column("image", Image(decode=False))
+    plain = SRCropDataset(dataset, resolution=32, scale=4, seed=0)
+    detailed = SRCropDataset(dataset, resolution=32, scale=4, seed=0, min_crop_gradient=0.05)
+    plain_gradients = [crop_gradient(plain[i]["pixel_values"]) for i in range(len(plain))]
+    assert min(plain_gradients) < 0.05  # some random crops land (mostly) on the flat half
+    assert all(crop_gradient(detailed[i]["pixel_values"]) >= 0.05 for i in range(len(detailed)))
+    assert torch.equal(detailed[3]["pixel_values"], detailed[3]["pixel_values"])  # still seeded
+    assert crop_gradient(torch.full((3, 8, 8), 0.5)) == 0
+    with pytest.raises(ValueError, match="min_crop_gradient"):
+        SRCropDataset(dataset, resolution=32, scale=4, min_crop_gradient=-0.1)
 
 
 def test_paired_crops_are_aligned(tmp_path):
