@@ -55,17 +55,27 @@ def test_choose_start_scores_each_level_on_training_crops_and_picks_the_best(tmp
     assert len(set(scores.values())) == 3 and 0 < report["bicubic"] < 100
     assert report["gain_over_bicubic"]["lq"] == pytest.approx(scores["lq"] - report["bicubic"], abs=1e-3)
     assert report["best"] == max(scores, key=scores.get)
-    # --transformer swaps in another transformer folder (a training checkpoint's): with a zero velocity head the
-    # LQ start returns the bicubic upscale itself.
-    transformer = TEASRPipeline.from_pretrained(tiny_pipeline_dir).transformer
-    transformer.zero_output_layers()
-    transformer.save_pretrained(tmp_path / "zero_head")
+    # With a zero velocity head the LQ start returns the bicubic upscale itself.
+    # A model trained for the LQ start only is scored there alone.
+    pipe = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.transformer.zero_output_layers()
+    pipe.register_to_config(supported_starts=["lq"])
+    pipe.save_pretrained(tmp_path / "zero_head")
     zero = _run(
-        "--model", tiny_pipeline_dir, "--transformer", str(tmp_path / "zero_head"), "--data", str(tmp_path),
-        "--levels", "lq", "--size", "32", script=RECIPE_DIR / "choose_start.py",
+        "--model", str(tmp_path / "zero_head"), "--data", str(tmp_path), "--levels", "lq", "1.0", "--size", "32",
+        script=RECIPE_DIR / "choose_start.py",
     )  # fmt: skip
     assert zero.returncode == 0, zero.stderr
-    assert json.loads(zero.stdout)["gain_over_bicubic"]["lq"] == pytest.approx(0, abs=1e-3)
+    report = json.loads(zero.stdout)
+    assert report["gain_over_bicubic"]["lq"] == pytest.approx(0, abs=1e-3)
+    assert report["unsupported"] == ["1.0"] and report["best"] == "lq"
+    # --transformer swaps in another transformer folder (a training checkpoint's raw weights).
+    swapped = _run(
+        "--model", tiny_pipeline_dir, "--transformer", str(tmp_path / "zero_head" / "transformer"),
+        "--data", str(tmp_path), "--levels", "lq", "--size", "32", script=RECIPE_DIR / "choose_start.py",
+    )  # fmt: skip
+    assert swapped.returncode == 0, swapped.stderr
+    assert json.loads(swapped.stdout)["gain_over_bicubic"]["lq"] == pytest.approx(0, abs=1e-3)
     bad = _run("--model", tiny_pipeline_dir, "--levels", "1.5", script=RECIPE_DIR / "choose_start.py")
     assert bad.returncode == 2 and "(0, 1]" in bad.stderr
 

@@ -5,7 +5,8 @@ Usage: python train_scripts/teasr_mini/choose_start.py --model runs/teasr_mini/t
 `--transformer RUN/checkpoint-N/transformer` scores a training checkpoint's raw weights in the pipeline of --model.
 Each candidate is a start level T of the noise start (`start="noise"`, `start_timestep=T`) or `lq` (the LQ start
 at T = 1, `start="lq"`).
-Prints one JSON line: mean PSNR-Y of 1-step outputs per candidate, that of bicubic, and the best candidate.
+Prints one JSON line: mean PSNR-Y of 1-step outputs per candidate, that of bicubic, and the best candidate;
+candidates whose start the model was not trained for (`supported_starts`) are listed as unsupported, not scored.
 """
 
 from __future__ import annotations
@@ -62,13 +63,18 @@ def main() -> None:
         overrides["transformer"] = TEASRTransformer2DModel.from_pretrained(args.transformer)
     pipe = TEASRPipeline.from_pretrained(args.model, **overrides)
     pipe.set_progress_bar_config(disable=True)
-    scores: dict[str, list[float]] = {level: [] for level in args.levels}
+    # A model trained for one start only (`supported_starts`) refuses the other: those candidates are not scored.
+    candidates = [level for level in args.levels if start_kwargs(level)["start"] in pipe.supported_starts]
+    unsupported = [level for level in args.levels if level not in candidates]
+    if not candidates:
+        parser.error(f"{args.model} supports only start={pipe.supported_starts}: no candidate among {args.levels}")
+    scores: dict[str, list[float]] = {level: [] for level in candidates}
     bicubic: list[float] = []
     photos = {name: load_photo(args.data / name) for name, _, _ in PROBE_CROPS[: args.num_crops]}
     for hq, lr in degraded_crops(photos, args.size, args.num_crops, args.seed_offset):
         hr = hq.permute(1, 2, 0).numpy()
         bicubic.append(psnr_y(resize(lr, hr.shape[:2])[0].permute(1, 2, 0).numpy(), hr, 4))
-        for level in args.levels:
+        for level in candidates:
             out = pipe(
                 lr[0],
                 num_inference_steps=1,
@@ -86,6 +92,7 @@ def main() -> None:
                 "psnr_y_1step": means,
                 "bicubic": bicubic_mean,
                 "gain_over_bicubic": gains,
+                "unsupported": unsupported,
                 "best": max(means, key=means.get),
             }
         )
