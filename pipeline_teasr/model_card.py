@@ -145,7 +145,7 @@ result = pipe(
     low_res,
     upscale=4,               # any positive factor
     num_inference_steps=1,   # any number of steps from the same weights
-    # start="lq",           # optional: "lq" (the LR image itself) or "noise" (default: the model's own)
+    # start="lq",           # optional: "lq" (the LR image) or "noise"; pipe.supported_starts: what it was trained for
     # start_timestep=0.8,   # optional: < 1 stays closer to the LR image (default: the model's own)
     generator=torch.Generator().manual_seed(0),
 )

@@ -291,9 +291,9 @@ weights. Upload a photo or pick an example, choose the steps, and compare the re
 """
 
 API_DOC = """
-**API.** `/upscale` takes `(image, steps, scale, start_timestep, seed, start)` (`start`: `"lq"` or `"noise"`;
-optional, default: the model's) and returns the upscaled PNG:
-`Client(URL).predict(handle_file("photo.png"), 1, 4, 1.0, 0, "lq", api_name="/upscale")` with `gradio_client`.
+**API.** `/upscale` takes `(image, steps, scale, start_timestep, seed, start)` (`start`: `"lq"` or `"noise"`, one
+the model was trained for; optional, default: the model's) and returns the upscaled PNG:
+`Client(URL).predict(handle_file("photo.png"), 1, 4, 1.0, 0, api_name="/upscale")` with `gradio_client`.
 """
 
 

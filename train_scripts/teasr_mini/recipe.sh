@@ -17,8 +17,8 @@ DATA=${DATA:-data/teasr_mini}
 RUNS=${RUNS:-runs/teasr_mini}
 STAGES=${STAGES:-"data base distill choose ablations eval report export"}
 FLOW_STEPS=${FLOW_STEPS:-500}
-DISTILL_STEPS=${DISTILL_STEPS:-350}
-ABLATION_STEPS=${ABLATION_STEPS:-50}
+DISTILL_STEPS=${DISTILL_STEPS:-1000}
+ABLATION_STEPS=${ABLATION_STEPS:-200}
 COMMON="--train_data_dir $DATA/train --resolution 64 --scale 4 --degradation light --random_flip --seed 0
         --checkpointing_steps 50 --checkpoints_total_limit 2 --report_to tensorboard --lr_scheduler constant"
 
@@ -26,13 +26,26 @@ has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 resume_flag() { [ -d "$1" ] && ls -d "$1"/checkpoint-* >/dev/null 2>&1 && echo "--resume_from_checkpoint latest"; }
 
 distil() {  # distil OUTPUT_DIR STEPS [extra flags...]: full fine-tune distillation of the flow base
+  # Every generator row on the LQ bridge (three quarters at t = 1, where start="lq" begins), in velocity units with
+  # an L1 loss; no flow rows (lambda_flow 0: they compete with the bridge for the shared weights, docs/RESULTS.md),
+  # so the base's velocity head is zeroed and the LQ start begins as the bicubic upscale; EMA weights are shipped;
+  # flat crops (bokeh, sky: most of these wallpapers) are redrawn, so the model learns detail, not only denoising.
   local out=$1 steps=$2
   shift 2
   [ -f "$out/model_index.json" ] && return 0
   # shellcheck disable=SC2086
   $ACCELERATE train_scripts/train_teasr_lora.py --pretrained_model_name_or_path "$RUNS/flow_base" --full_finetune \
     $COMMON --train_batch_size 8 --learning_rate 2e-4 --lr_warmup_steps 0 --max_train_steps "$steps" \
-    --lq_anchor_prob 0.75 --lq_anchor_max_timestep 0.5 --output_dir "$out" $(resume_flag "$out") "$@"
+    --checkpointing_steps 100 --lq_anchor_prob 0 --lq_bridge_prob 1 --lq_bridge_start_prob 0.75 --lambda_flow 0 \
+    --reconstruction_loss l1 --zero_init_output --use_ema --ema_decay 0.99 --min_crop_gradient 0.01 \
+    --output_dir "$out" $(resume_flag "$out") "$@"
+}
+
+ablations() {  # each variant and the run it is compared with: same base, same short schedule
+  distil "$RUNS/teasr_short" "$ABLATION_STEPS" --reconstruction_only
+  distil "$RUNS/coupled" "$ABLATION_STEPS" --reconstruction_only --coupled_timestep
+  distil "$RUNS/no_rect" "$ABLATION_STEPS" --reconstruction_only --no_rectification
+  distil "$RUNS/critic" "$ABLATION_STEPS"  # with the self-adversarial term (critic heads, lambda_adv 0.1)
 }
 
 if has_stage data; then
@@ -41,13 +54,29 @@ fi
 
 if has_stage base && [ ! -f "$RUNS/flow_base/model_index.json" ]; then
   # shellcheck disable=SC2086
-  $ACCELERATE train_scripts/train_flow_sr.py --full_finetune --lq_skip $COMMON --train_batch_size 8 --learning_rate 4e-4 \
+  $ACCELERATE train_scripts/train_flow_sr.py --full_finetune --lq_skip --zero_init_output --conv_channels 128 \
+    --conv_blocks 8 $COMMON --train_batch_size 8 --learning_rate 2e-4 \
     --lr_warmup_steps 50 --max_train_steps "$FLOW_STEPS" --output_dir "$RUNS/flow_base" \
     --validation_image examples/astronaut_lq.png --validation_steps 1000 $(resume_flag "$RUNS/flow_base")
 fi
 
+# With both stages, the ablations train on the second core while the main run trains on the first.
+ablations_pid=""
+if has_stage ablations && has_stage distill; then
+  (export OMP_NUM_THREADS=1 && ablations) &
+  ablations_pid=$!
+fi
 if has_stage distill; then
-  distil "$RUNS/teasr" "$DISTILL_STEPS" --validation_image examples/astronaut_lq.png --validation_steps 1000
+  (
+    if [ -n "$ablations_pid" ]; then export OMP_NUM_THREADS=1; fi
+    distil "$RUNS/teasr" "$DISTILL_STEPS" --reconstruction_only \
+      --validation_image examples/astronaut_lq.png --validation_steps 1000
+  )
+fi
+if [ -n "$ablations_pid" ]; then
+  wait "$ablations_pid"
+elif has_stage ablations; then
+  ablations
 fi
 
 if has_stage choose; then
@@ -58,14 +87,6 @@ if has_stage choose; then
 fi
 START=${START:-$(cat "$RUNS/start_timestep.txt" 2>/dev/null || echo 1.0)}
 if [ "$START" = lq ]; then START_MODE=lq START_T=1.0; else START_MODE=noise START_T=$START; fi
-
-if has_stage ablations; then
-  # Each ablation and the run it is compared with are distilled from the same base with the same short schedule.
-  distil "$RUNS/teasr_short" "$ABLATION_STEPS"
-  distil "$RUNS/coupled" "$ABLATION_STEPS" --coupled_timestep
-  distil "$RUNS/no_rect" "$ABLATION_STEPS" --no_rectification
-  distil "$RUNS/rec_only" "$ABLATION_STEPS" --reconstruction_only
-fi
 
 if has_stage eval; then
   # The distilled model on both protocols at 1/2/4/8 steps with the baselines; the flow base (at its own start
@@ -83,7 +104,7 @@ if has_stage eval; then
   ev teasr light "$RUNS/teasr" "1 2 4 8" "$START_MODE" "$START_T" --baseline bicubic lanczos
   ev teasr bicubic "$RUNS/teasr" "1 2 4 8" "$START_MODE" "$START_T" --baseline bicubic lanczos
   ev base light "$RUNS/flow_base" "1 2 4 8" noise 1.0
-  for model in teasr_short coupled no_rect rec_only; do
+  for model in teasr_short coupled no_rect critic; do
     [ -f "$RUNS/$model/model_index.json" ] && ev "$model" light "$RUNS/$model" 1 "$START_MODE" "$START_T"
   done
 fi

@@ -22,14 +22,14 @@ PROTOCOLS = {
     "light": "Held-out photos, training degradation family (light Real-ESRGAN-style, seeded)",
     "bicubic": "Held-out photos, plain bicubic x4 down-sampling",
 }
-MODEL_ORDER = ("teasr", "base", "coupled", "no_rect", "rec_only", "teasr_short")
+MODEL_ORDER = ("teasr", "base", "coupled", "no_rect", "critic", "teasr_short")
 MODEL_LABELS = {
     "teasr": "TEASR (distilled)",
     "base": "flow-matching base (T = 1)",
     "teasr_short": "TEASR, short schedule",
     "coupled": "ablation: coupled timestep",
     "no_rect": "ablation: no rectification",
-    "rec_only": "ablation: reconstruction only",
+    "critic": "variant: + self-adversarial term",
 }
 METRICS = ("psnr", "ssim", "gmsd", "hf_ratio")
 
