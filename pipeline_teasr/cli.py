@@ -26,9 +26,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
 
 
-def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=1, help="number of sampling steps (network calls), >= 1")
-    parser.add_argument("--scale", type=float, default=4.0, help="output size / input size (any positive number)")
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where sampling starts and how it tiles: shared by `upscale` and `eval` (defaults: the model's)."""
     parser.add_argument(
         "--start-timestep", type=float, default=None, help="start level T in (0, 1] (default: the model's)"
     )
@@ -40,6 +39,12 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tile", type=int, default=None, help="tile size in output pixels (0: no tiling)")
     parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in output pixels")
+
+
+def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=1, help="number of sampling steps (network calls), >= 1")
+    parser.add_argument("--scale", type=float, default=4.0, help="output size / input size (any positive number)")
+    add_sampling_arguments(parser)
     parser.add_argument("--color-fix", default=None, choices=["adain", "wavelet"], help="colour correction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-output-pixels", type=int, default=None, help="refuse larger outputs")
@@ -82,10 +87,7 @@ def add_eval_parser(commands) -> None:
     parser.add_argument("--scale", type=int, default=None, help="SR factor and border crop (inferred if paired)")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="step counts to run the model at")
     parser.add_argument("--no-model", action="store_true", help="do not run a model (baselines / --pred only)")
-    parser.add_argument("--start-timestep", type=float, default=None, help="start level T (default: the model's)")
-    parser.add_argument("--start", default=None, choices=["noise", "lq"], help="noise or LQ start (default: model's)")
-    parser.add_argument("--tile", type=int, default=None, help="tile size in output pixels (0: no tiling)")
-    parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in output pixels")
+    add_sampling_arguments(parser)
     parser.add_argument("--baseline", nargs="+", default=[], choices=list(BASELINES), help="PIL resize baselines")
     parser.add_argument(
         "--learned",

@@ -147,6 +147,12 @@ class _CropMixin:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _random_box(self, rng: np.random.Generator, width: int, height: int) -> tuple[int, int, int, int]:
+        """A crop box of side `resolution` at a random position aligned to `scale` (so the LQ crop is exact)."""
+        x = self.scale * int(rng.integers(0, (width - self.resolution) // self.scale + 1))
+        y = self.scale * int(rng.integers(0, (height - self.resolution) // self.scale + 1))
+        return x, y, x + self.resolution, y + self.resolution
+
     def _crop(self, hq: PIL.Image.Image, lq: PIL.Image.Image | None, key: int) -> dict[str, Any] | None:
         upsized = False
         width, height = hq.size
@@ -158,19 +164,15 @@ class _CropMixin:
             hq = hq.resize((width, height), PIL.Image.BICUBIC)
             upsized = True
         rng = np.random.default_rng([self.seed, self.epoch, key])
-        x = self.scale * int(rng.integers(0, (width - self.resolution) // self.scale + 1))
-        y = self.scale * int(rng.integers(0, (height - self.resolution) // self.scale + 1))
+        box = self._random_box(rng, width, height)
         flip = self.random_flip and bool(rng.random() < 0.5)
-        box = (x, y, x + self.resolution, y + self.resolution)
         pixels = _to_tensor(hq.crop(box))
         # Photos with large flat areas (sky, bokeh) give mostly flat crops, which teach denoising but not detail:
         # with min_crop_gradient, a crop is redrawn (a bounded number of times) while it is flatter than that.
         for _ in range(self.max_crop_draws - 1):
             if crop_gradient(pixels) >= self.min_crop_gradient:
                 break
-            x = self.scale * int(rng.integers(0, (width - self.resolution) // self.scale + 1))
-            y = self.scale * int(rng.integers(0, (height - self.resolution) // self.scale + 1))
-            box = (x, y, x + self.resolution, y + self.resolution)
+            box = self._random_box(rng, width, height)
             pixels = _to_tensor(hq.crop(box))
         item: dict[str, Any] = {"pixel_values": pixels, "upsized": upsized}
         if lq is not None:

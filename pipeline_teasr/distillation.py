@@ -59,6 +59,13 @@ def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.to(like.device).view(-1, *([1] * (like.ndim - 1)))
 
 
+def check_probabilities(**shares: float) -> None:
+    """Raise one ValueError naming the first share outside [0, 1]."""
+    for name, value in shares.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value}.")
+
+
 def _rand(batch_size: int, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(batch_size, generator=generator, device=generator.device)
 
@@ -163,15 +170,8 @@ class DistillationConfig:
     logit_std: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in (
-            "anystep_prob",
-            "one_step_start_prob",
-            "lq_anchor_prob",
-            "lq_bridge_prob",
-            "lq_bridge_start_prob",
-        ):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
+        names = ("anystep_prob", "one_step_start_prob", "lq_anchor_prob", "lq_bridge_prob", "lq_bridge_start_prob")
+        check_probabilities(**{name: getattr(self, name) for name in names})
         if not 0.0 <= self.min_timestep < 1.0:
             raise ValueError(f"min_timestep must lie in [0, 1), got {self.min_timestep}.")
         if not self.min_timestep < self.lq_anchor_max_timestep <= 1.0:
@@ -285,7 +285,8 @@ def self_adversarial_losses(
     anchored, bridge = anchored.to(device), bridge.to(device)
 
     # Path ends: the HQ path runs from z0 to eps; anchored rows start from c on it; bridge rows run from z0 to c.
-    path_end = torch.where(_rows(bridge, z0), c, eps)
+    bridge_rows = _rows(bridge, z0)
+    path_end = torch.where(bridge_rows, c, eps)
     z_t = interpolate(torch.where(_rows(anchored, z0), c, z0), path_end, t)
     z_flow = interpolate(z0, eps_flow, t_flow)
     if config.lambda_flow == 0:
@@ -313,8 +314,8 @@ def self_adversarial_losses(
     weight = jump_weight(t, s, config.rectification, lq_anchored=anchored | bridge)
     # Bridge rows in velocity units (their exact average velocity is c - z0), the others on the state z_s.
     loss_rec = reconstruction_loss(
-        torch.where(_rows(bridge, z0), u_gen, z_s_hat),
-        torch.where(_rows(bridge, z0), c - z0, z_s),
+        torch.where(bridge_rows, u_gen, z_s_hat),
+        torch.where(bridge_rows, c - z0, z_s),
         weight,
         kind=config.reconstruction_loss,
     )
@@ -332,8 +333,8 @@ def self_adversarial_losses(
         noise = randn()
         # The critic reads states of the noise path: bridge rows give it their clean image (real) and the clean
         # image their velocity implies (fake, `z_t - t u`), renoised from level 0.
-        real = torch.where(_rows(bridge, z0), z0, z_s)
-        fake = torch.where(_rows(bridge, z0), flow_map_step(z_t, u_gen, t, torch.zeros_like(t)), z_s_hat)
+        real = torch.where(bridge_rows, z0, z_s)
+        fake = torch.where(bridge_rows, flow_map_step(z_t, u_gen, t, torch.zeros_like(t)), z_s_hat)
         level = torch.where(bridge, torch.zeros_like(s), s)
         with torch.no_grad():
             real_states = backbone(
@@ -406,9 +407,7 @@ class FlowMatchingObjective:
         lq_bridge_prob: float = 0.0,
         lq_bridge_start_prob: float = 0.5,
     ):
-        for name, value in (("lq_bridge_prob", lq_bridge_prob), ("lq_bridge_start_prob", lq_bridge_start_prob)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}.")
+        check_probabilities(lq_bridge_prob=lq_bridge_prob, lq_bridge_start_prob=lq_bridge_start_prob)
         self.scheme, self.logit_mean, self.logit_std = scheme, logit_mean, logit_std
         self.lq_bridge_prob, self.lq_bridge_start_prob = lq_bridge_prob, lq_bridge_start_prob
         self.modules: dict[str, nn.Module] = {}
