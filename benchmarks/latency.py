@@ -80,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=4.0, help="upscale factor (input side = output side / scale)")
     parser.add_argument("--sizes", default=None, help="output sides for the tiled sweep (default 128,256,512,1024)")
     parser.add_argument("--tile", type=int, default=None, help="tile size in output pixels (default: the model's)")
+    parser.add_argument(
+        "--tile-overlap", type=int, default=None, help="tile overlap in output pixels (default: the model's)"
+    )
     parser.add_argument("--tile-batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -183,7 +186,7 @@ def latency_part(pipe, args: argparse.Namespace, device: torch.device) -> dict[s
     steps = [int(s) for s in args.steps.split(",")]
     lq_side = max(1, round(args.latency_size / args.scale))
     image = random_photo(lq_side, lq_side, seed=args.seed)
-    tile = args.tile if args.tile is not None else pipe.config.default_tile_size
+    tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap)
 
     def run_pipe(n: int):
         return pipe(
@@ -191,6 +194,7 @@ def latency_part(pipe, args: argparse.Namespace, device: torch.device) -> dict[s
             upscale=args.scale,
             num_inference_steps=n,
             tile_size=tile,
+            tile_overlap=overlap,
             tile_batch_size=args.tile_batch_size,
             generator=torch.Generator().manual_seed(args.seed),
         )
@@ -235,7 +239,12 @@ def latency_part(pipe, args: argparse.Namespace, device: torch.device) -> dict[s
         per_steps[str(n)] = row
     first = steps[0]
     return {
-        "image": {"input": [lq_side, lq_side], "output": [round(lq_side * args.scale)] * 2, "tile_size": tile},
+        "image": {
+            "input": [lq_side, lq_side],
+            "output": [round(lq_side * args.scale)] * 2,
+            "tile_size": tile,
+            "tile_overlap": overlap,
+        },
         "per_steps": per_steps,
         "overhead_ratio": per_steps[str(first)]["overhead_ratio_wall"],
         "overhead_ratio_cpu_time": per_steps[str(first)]["overhead_ratio_cpu"],
@@ -252,11 +261,18 @@ def latency_part(pipe, args: argparse.Namespace, device: torch.device) -> dict[s
 def profile_one(pipe, args: argparse.Namespace) -> None:
     lq_side = max(1, round(args.latency_size / args.scale))
     image = random_photo(lq_side, lq_side, seed=args.seed)
-    tile = args.tile if args.tile is not None else pipe.config.default_tile_size
+    tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(3):
-        pipe(image, upscale=args.scale, num_inference_steps=1, tile_size=tile, tile_batch_size=args.tile_batch_size)
+        pipe(
+            image,
+            upscale=args.scale,
+            num_inference_steps=1,
+            tile_size=tile,
+            tile_overlap=overlap,
+            tile_batch_size=args.tile_batch_size,
+        )
     profiler.disable()
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(25)
@@ -265,10 +281,16 @@ def profile_one(pipe, args: argparse.Namespace) -> None:
 
 def tiled_run(pipe, args: argparse.Namespace, device: torch.device, size: int) -> dict[str, Any]:
     """Time one 1-step call at output side `size`, sampling RSS meanwhile (after a warm-up call on one tile)."""
-    tile = args.tile if args.tile is not None else pipe.config.default_tile_size
+    tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap)
     lq_side = max(1, round(size / args.scale))
     warm = max(1, round((tile or 64) / args.scale))
-    pipe(random_photo(warm, warm), upscale=args.scale, tile_size=tile, generator=torch.Generator().manual_seed(0))
+    pipe(
+        random_photo(warm, warm),
+        upscale=args.scale,
+        tile_size=tile,
+        tile_overlap=overlap,
+        generator=torch.Generator().manual_seed(0),
+    )
     image = random_photo(lq_side, lq_side, seed=args.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -279,6 +301,7 @@ def tiled_run(pipe, args: argparse.Namespace, device: torch.device, size: int) -
                 upscale=args.scale,
                 num_inference_steps=1,
                 tile_size=tile,
+                tile_overlap=overlap,
                 tile_batch_size=args.tile_batch_size,
                 generator=torch.Generator().manual_seed(args.seed),
             ),
@@ -287,6 +310,8 @@ def tiled_run(pipe, args: argparse.Namespace, device: torch.device, size: int) -
     out_side = round(lq_side * args.scale)
     result = {
         "output_side": out_side,
+        "tile_size": tile,
+        "tile_overlap": overlap,
         "seconds": round(seconds, 4),
         "cpu_seconds": round(cpu_seconds, 4),
         "output_mp_per_s": round(out_side * out_side / 1e6 / seconds, 4),

@@ -827,6 +827,12 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
         help="Tile size stored in a saved pixel-space pipeline (default: --resolution for models trained here).",
     )
     add(
+        "--default_tile_overlap",
+        type=int,
+        default=None,
+        help="Tile overlap (output pixels) stored in the saved pipeline (default: the base's, else a quarter tile).",
+    )
+    add(
         "--default_start_timestep",
         type=float,
         default=None,
@@ -854,6 +860,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--ema_decay must lie in (0, 1), got {args.ema_decay}.")
     if args.conv_channels < 0 or args.conv_blocks < 0:
         raise ValueError(f"--conv_channels / --conv_blocks must be >= 0: {args.conv_channels} / {args.conv_blocks}.")
+    if args.default_tile_overlap is not None and args.default_tile_overlap < 0:
+        raise ValueError(f"--default_tile_overlap must be >= 0, got {args.default_tile_overlap}.")
     if args.trainable_modules is not None and not args.full_finetune:
         raise ValueError("--trainable_modules selects what a full fine-tune trains: add --full_finetune.")
 
@@ -1079,6 +1087,11 @@ def run_training(
     trained_starts = objective.trained_starts
     saved_defaults = {
         "default_tile_size": default_tile_size,
+        "default_tile_overlap": (
+            args.default_tile_overlap
+            if args.default_tile_overlap is not None
+            else pipe.config.get("default_tile_overlap")
+        ),
         "default_start_timestep": default_start_timestep,
         "default_start": trained_starts[0] if len(trained_starts) == 1 else pipe.config.get("default_start"),
         "supported_starts": trained_starts if len(trained_starts) == 1 else None,

@@ -440,8 +440,8 @@ def evaluate(
             start, start_timestep = pipeline.resolve_start(start, start_timestep)
         except ValueError as error:
             raise EvaluationError(str(error)) from None
-    if steps and tile_size is None:
-        tile_size = pipeline.config.get("default_tile_size")
+    if steps:
+        tile_size, tile_overlap = pipeline.resolve_tiling(tile_size, tile_overlap)
 
     # ---- pair the files
     gt_files = collect_images(gt_dir, "GT")

@@ -72,6 +72,9 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         text_encoder, tokenizer (*optional*): encode `prompt`; without them the learned null prompt is used.
         default_tile_size (`int`, *optional*): tile size in output pixels used when a call passes no `tile_size`
             (small models are trained on crops and upscale best on tiles of their training size).
+        default_tile_overlap (`int`, *optional*): tile overlap in output pixels used when a call passes no
+            `tile_overlap` (`None`: a quarter of the tile). Each output pixel is computed
+            `(tile / (tile - overlap))^2` times, so a small overlap is the cheapest speed-up of a tiled model.
         default_start_timestep (`float`, *optional*): start level used when a call passes no `start_timestep`
             (1.0 if unset); a model distilled for LQ-anchored starts records its largest trained level here.
         default_start (`str`, *optional*): `"noise"` or `"lq"`, used when a call passes no `start` (`"noise"` if
@@ -93,6 +96,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         text_encoder=None,
         tokenizer=None,
         default_tile_size: int | None = None,
+        default_tile_overlap: int | None = None,
         default_start_timestep: float | None = None,
         default_start: str | None = None,
         supported_starts: list[str] | None = None,
@@ -103,6 +107,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         )
         self.register_to_config(
             default_tile_size=default_tile_size,
+            default_tile_overlap=default_tile_overlap,
             default_start_timestep=default_start_timestep,
             default_start=default_start,
             supported_starts=list(supported_starts) if supported_starts is not None else None,
@@ -243,6 +248,17 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             start_timestep = float(self.config.get("default_start_timestep") or 1.0)
         return start, start_timestep
 
+    def resolve_tiling(self, tile_size: int | None, tile_overlap: int | None) -> tuple[int | None, int | None]:
+        """`(tile_size, tile_overlap)` of a call in output pixels: the given values, else the pipeline's defaults
+        (`default_tile_size`, `default_tile_overlap`, else a quarter of the tile). Values are checked by the call."""
+        if tile_size is None:
+            tile_size = self.config.get("default_tile_size")
+        if tile_overlap is None:
+            tile_overlap = self.config.get("default_tile_overlap")
+        if tile_overlap is None and isinstance(tile_size, int) and tile_size > 0:
+            tile_overlap = tile_size // 4
+        return tile_size, tile_overlap
+
     @staticmethod
     def output_size(height: int, width: int, upscale: float, max_output_pixels: int | None) -> tuple[int, int]:
         out_h, out_w = max(1, round(height * upscale)), max(1, round(width * upscale))
@@ -303,7 +319,8 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             tile_size (`int`, *optional*): tile side in output pixels; `None` uses the pipeline's
                 `default_tile_size`, 0 processes the whole image at once. Tiles are blended at every step, so outputs
                 have no seams and memory stays bounded by the tile size.
-            tile_overlap (`int`, *optional*): overlap of neighbouring tiles in output pixels (default: a quarter tile).
+            tile_overlap (`int`, *optional*): overlap of neighbouring tiles in output pixels; `None` uses the
+                pipeline's `default_tile_overlap`, else a quarter tile.
             tile_batch_size (`int`, defaults to 4): tiles run through the transformer together.
             color_fix (`str`, *optional*): `"adain"` or `"wavelet"` colour correction towards the input.
             max_output_pixels (`int`, *optional*): refuse outputs larger than this (`None`: no limit).
@@ -318,8 +335,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             [`TEASRPipelineOutput`] or `tuple` `(images, nfe)`.
         """
         images = image if isinstance(image, list) else [image]
-        if tile_size is None:
-            tile_size = self.config.get("default_tile_size")
+        tile_size, tile_overlap = self.resolve_tiling(tile_size, tile_overlap)
         start, start_timestep = self.resolve_start(start, start_timestep)
         self.check_inputs(
             image,
@@ -508,8 +524,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         if not tile_size:
             return plan_tiles(height, width, max(height, width), 0, patch), 0
         tile = max(patch, tile_size // self.vae_scale_factor // patch * patch)
-        overlap_pixels = tile_size // 4 if tile_overlap is None else tile_overlap
-        overlap = min(overlap_pixels // self.vae_scale_factor, tile - patch)
+        overlap = min((tile_overlap or 0) // self.vae_scale_factor, tile - patch)
         return plan_tiles(height, width, tile, overlap, patch), overlap
 
     def _text_inputs(self, prompt_embeds, prompt_embeds_mask, device, dtype):

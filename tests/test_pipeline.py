@@ -139,6 +139,21 @@ def test_tile_count_sets_nfe(tiny_pipeline):
     assert out.nfe == 2 * 9  # 3 x 3 tiles of 32 px with 8 px overlap over 64 px, two steps
 
 
+def test_default_tile_overlap_is_used_saved_and_overridden(tiny_pipeline, tmp_path):
+    image = random_photo(16, 16)
+    tiny_pipeline.register_to_config(default_tile_size=32, default_tile_overlap=0)
+    try:
+        assert tiny_pipeline.resolve_tiling(None, None) == (32, 0)
+        assert _run(tiny_pipeline, image, tile_batch_size=1).nfe == 4  # 2 x 2 tiles without overlap
+        assert _run(tiny_pipeline, image, tile_overlap=8, tile_batch_size=1).nfe == 9
+        tiny_pipeline.save_pretrained(tmp_path / "overlap0")
+    finally:
+        tiny_pipeline.register_to_config(default_tile_size=None, default_tile_overlap=None)
+    assert tiny_pipeline.resolve_tiling(32, None) == (32, 8)  # a quarter tile when nothing is configured
+    loaded = TEASRPipeline.from_pretrained(tmp_path / "overlap0")
+    assert loaded.resolve_tiling(None, None) == (32, 0)
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "L", "P", "I;16", "LA"])
 def test_modes_are_kept(tiny_pipeline, mode):
     image = random_photo(9, 11, mode=mode)

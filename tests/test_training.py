@@ -155,6 +155,8 @@ def test_both_scripts_run_through_accelerate_launch(
             validation_image,
             "--validation_steps",
             "100",
+            "--default_tile_overlap",
+            "4",
         ],  # fmt: skip
         cwd=tmp_path,
     )
@@ -188,7 +190,7 @@ def test_both_scripts_run_through_accelerate_launch(
     assert "1 unreadable or skipped images" in flow_log and "crops from upsized images" in flow_log
     pipe = TEASRPipeline.from_pretrained(flow_out)
     assert pipe.transformer.config.num_layers == TINY_PIXEL_CONFIG["num_layers"]
-    assert pipe.config.default_tile_size == 16
+    assert pipe.config.default_tile_size == 16 and pipe.config.default_tile_overlap == 4
     assert upscale(pipe, validation_image).shape == (1, 3, 24, 32)
     assert os.path.isfile(flow_out / "checkpoint-2" / CHECKPOINT_MARKER)
     assert sorted(os.listdir(flow_out / "validation")) == [
@@ -363,6 +365,8 @@ def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_pa
         run_in_process("train_teasr_lora", [*args, *base, "--conv_channels", "8"])
     with pytest.raises(ValueError, match="--ema_decay must lie in"):
         run_in_process("train_teasr_lora", [*args, *base, "--use_ema", "--ema_decay", "1.0"])
+    with pytest.raises(ValueError, match="--default_tile_overlap must be >= 0"):
+        run_in_process("train_teasr_lora", [*args, *base, "--default_tile_overlap", "-1"])
     assert not glob.glob(str(out / "checkpoint-*")) and not glob.glob(str(out / "*.safetensors"))
 
 
