@@ -37,8 +37,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["noise", "lq"],
         help="start from noise or the LQ image (default: the model's)",
     )
-    parser.add_argument("--tile", type=int, default=None, help="tile size in output pixels (0: no tiling)")
-    parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in output pixels")
+    parser.add_argument(
+        "--tile", type=int, default=None, help="tile size in output pixels (0: no tiling; default: the model's)"
+    )
+    parser.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=None,
+        help="tile overlap in output pixels (default: the model's, else a quarter tile)",
+    )
 
 
 def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
