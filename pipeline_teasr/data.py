@@ -201,6 +201,8 @@ class SRCropDataset(_CropMixin, torch.utils.data.Dataset):
         small_images: `"upsize"` (enlarge to `resolution`) or `"skip"`.
         seed: base seed of the crops; `set_epoch` varies them per epoch.
         min_crop_gradient: redraw a crop (at most 9 times) while its `crop_gradient` is below this (0 = off).
+        cache_images: keep every decoded image in memory after its first use (per data-loader worker), so a small
+            set of large photos is not decoded again for every crop; needs the RAM of the whole decoded set.
     """
 
     def __init__(
@@ -214,12 +216,14 @@ class SRCropDataset(_CropMixin, torch.utils.data.Dataset):
         small_images: str = "upsize",
         seed: int = 0,
         min_crop_gradient: float = 0.0,
+        cache_images: bool = False,
     ):
         if len(dataset) == 0:
             raise ValueError("The training set is empty.")
         self._init_crops(
             dataset, image_column, lq_column, resolution, scale, random_flip, small_images, seed, min_crop_gradient
         )
+        self._decoded: dict[int, tuple[PIL.Image.Image, PIL.Image.Image | None]] | None = {} if cache_images else None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -228,14 +232,20 @@ class SRCropDataset(_CropMixin, torch.utils.data.Dataset):
         skipped: list[int] = []
         for offset in range(len(self.dataset)):
             key = (index + offset) % len(self.dataset)
-            row = self.dataset[key]
-            try:
-                hq = decode_image(row[self.image_column])
-                lq = decode_image(row[self.lq_column]) if self.lq_column else None
-            except _DECODE_ERRORS:
-                skipped.append(key)
-                continue
-            item = self._crop(hq, lq, key)
+            images = self._decoded.get(key) if self._decoded is not None else None
+            if images is None:
+                row = self.dataset[key]
+                try:
+                    images = (
+                        decode_image(row[self.image_column]),
+                        decode_image(row[self.lq_column]) if self.lq_column else None,
+                    )
+                except _DECODE_ERRORS:
+                    skipped.append(key)
+                    continue
+                if self._decoded is not None:
+                    self._decoded[key] = images
+            item = self._crop(*images, key)
             if item is None:
                 skipped.append(key)
                 continue

@@ -748,6 +748,12 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
         "pixels (in [0, 1]) of its HQ image is below this; photos with large flat areas (sky, bokeh) otherwise give "
         "mostly flat crops. 0 = off.",
     )
+    add(
+        "--cache_images",
+        action="store_true",
+        help="Keep the decoded training images in memory after their first use (a small folder of large photos is "
+        "then not decoded again for every crop); needs RAM for the whole decoded set. Not with --streaming.",
+    )
     add("--random_flip", action="store_true", help="Random horizontal flips.")
     add("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
     # Optimisation.
@@ -862,6 +868,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--conv_channels / --conv_blocks must be >= 0: {args.conv_channels} / {args.conv_blocks}.")
     if args.default_tile_overlap is not None and args.default_tile_overlap < 0:
         raise ValueError(f"--default_tile_overlap must be >= 0, got {args.default_tile_overlap}.")
+    if args.cache_images and args.streaming:
+        raise ValueError("--cache_images keeps a map-style dataset in memory; a --streaming one is not kept.")
     if args.trainable_modules is not None and not args.full_finetune:
         raise ValueError("--trainable_modules selects what a full fine-tune trains: add --full_finetune.")
 
@@ -1128,7 +1136,7 @@ def run_training(
             num_workers=args.dataloader_num_workers,
         )
     else:
-        train_dataset = SRCropDataset(dataset, **crop_kwargs)
+        train_dataset = SRCropDataset(dataset, cache_images=args.cache_images, **crop_kwargs)
         dataloader = torch.utils.data.DataLoader(
             train_dataset,
             batch_size=args.train_batch_size,

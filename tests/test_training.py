@@ -367,6 +367,8 @@ def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_pa
         run_in_process("train_teasr_lora", [*args, *base, "--use_ema", "--ema_decay", "1.0"])
     with pytest.raises(ValueError, match="--default_tile_overlap must be >= 0"):
         run_in_process("train_teasr_lora", [*args, *base, "--default_tile_overlap", "-1"])
+    with pytest.raises(ValueError, match="--cache_images keeps a map-style dataset"):
+        run_in_process("train_teasr_lora", [*args, *base, "--cache_images", "--streaming"])
     assert not glob.glob(str(out / "checkpoint-*")) and not glob.glob(str(out / "*.safetensors"))
 
 
@@ -424,6 +426,28 @@ def test_min_crop_gradient_redraws_flat_crops(tmp_path):
     assert crop_gradient(torch.full((3, 8, 8), 0.5)) == 0
     with pytest.raises(ValueError, match="min_crop_gradient"):
         SRCropDataset(dataset, resolution=32, scale=4, min_crop_gradient=-0.1)
+
+
+def test_cache_images_gives_the_same_crops_and_reads_each_file_once(tmp_path):
+    from datasets import Dataset, Image
+
+    paths = []
+    for seed in range(3):
+        paths.append(tmp_path / f"photo{seed}.png")
+        random_photo(48, 56, seed=seed).save(paths[-1])
+    dataset = Dataset.from_dict({"image": [str(path) for path in paths]}).cast_column("image", Image(decode=False))
+    plain = SRCropDataset(dataset, resolution=32, scale=4, seed=0)
+    plain.set_epoch(1)
+    expected = [plain[i]["pixel_values"] for i in range(3)]
+    cached = SRCropDataset(dataset, resolution=32, scale=4, seed=0, cache_images=True)
+    for i in range(3):
+        cached[i]  # the first use decodes and keeps each image
+    for path in paths:
+        path.unlink()
+    cached.set_epoch(1)
+    assert all(torch.equal(cached[i]["pixel_values"], expected[i]) for i in range(3))  # from memory, same crops
+    with pytest.raises(ValueError, match="could be read"):
+        plain[0]  # without the cache the deleted files are needed
 
 
 def test_paired_crops_are_aligned(tmp_path):
