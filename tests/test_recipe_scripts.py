@@ -108,3 +108,33 @@ def test_report_builds_tables_and_plot_from_eval_jsons_only(tmp_path, tiny_pipel
     empty.mkdir()
     result = _run("--runs", str(empty), "--out", str(out), script=RECIPE_DIR / "report.py")
     assert result.returncode != 0 and "no evaluation JSONs" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_packages(tmp_path):
+    sys.path.insert(0, str(RECIPE_DIR))
+    try:
+        import prepare_data
+    finally:
+        sys.path.remove(str(RECIPE_DIR))
+    mate = tmp_path / "mate"
+    mate.mkdir()
+    names = ["LadyBird", "Storm", *(f"Photo{i}" for i in range(10))]
+    for seed, name in enumerate(names):
+        random_photo(96, 128, seed=seed).save(mate / f"{name}.jpg")
+    plasma = tmp_path / "wallpapers"
+    for seed, name in enumerate(prepare_data.PLASMA_PHOTOS):
+        folder = plasma / name / "contents" / "images"
+        folder.mkdir(parents=True)
+        random_photo(80, 128, seed=100 + seed).save(folder / "2560x1600.jpg")
+
+    prepare_data.build(tmp_path / "out", mate_dir=mate, plasma_dir=plasma)
+    train = sorted(path.name for path in (tmp_path / "out" / "train").iterdir())
+    assert len(train) == 3 * (10 + len(prepare_data.PLASMA_PHOTOS))
+    assert "Photo0_25.png" in train and "plasma_Kite_50.png" in train and not any("LadyBird" in n for n in train)
+    assert PIL.Image.open(tmp_path / "out" / "train" / "plasma_Kite_25.png").size == (32, 20)
+    heldout = sorted(path.name for path in (tmp_path / "out" / "heldout").iterdir())
+    assert "mate_LadyBird.png" in heldout and "skimage_astronaut.png" in heldout and len(heldout) == 6
+
+    (plasma / "Kite" / "contents" / "images" / "2560x1600.jpg").unlink()
+    with pytest.raises(SystemExit, match="missing Plasma photos"):
+        prepare_data.build(tmp_path / "again", mate_dir=mate, plasma_dir=plasma)

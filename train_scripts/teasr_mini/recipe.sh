@@ -55,8 +55,8 @@ fi
 if has_stage base && [ ! -f "$RUNS/flow_base/model_index.json" ]; then
   # shellcheck disable=SC2086
   $ACCELERATE train_scripts/train_flow_sr.py --full_finetune --lq_skip --zero_init_output --conv_channels 128 \
-    --conv_blocks 8 $COMMON --train_batch_size 8 --learning_rate 2e-4 \
-    --lr_warmup_steps 50 --max_train_steps "$FLOW_STEPS" --output_dir "$RUNS/flow_base" \
+    --conv_blocks 8 $COMMON --train_batch_size 8 --learning_rate 2e-4 --lr_warmup_steps 50 \
+    --max_train_steps "$FLOW_STEPS" --output_dir "$RUNS/flow_base" \
     --validation_image examples/astronaut_lq.png --validation_steps 1000 $(resume_flag "$RUNS/flow_base")
 fi
 
@@ -82,7 +82,8 @@ fi
 if has_stage choose; then
   # The default start: the best 1-step PSNR on crops of TRAINING photos (never the held-out set), among the LQ start
   # (`lq`) and the noise start at several levels.
-  $PY train_scripts/teasr_mini/choose_start.py --model "$RUNS/teasr" --levels lq 1.0 0.6 0.4 0.3 0.2 0.1 0.05 0.02 \
+  $PY train_scripts/teasr_mini/choose_start.py --model "$RUNS/teasr" --data "$DATA/train" \
+    --levels lq 1.0 0.6 0.4 0.3 0.2 0.1 0.05 0.02 \
     | $PY -c 'import json, sys; print(json.load(sys.stdin)["best"])' > "$RUNS/start_timestep.txt"
 fi
 START=${START:-$(cat "$RUNS/start_timestep.txt" 2>/dev/null || echo 1.0)}
