@@ -19,8 +19,10 @@ STAGES=${STAGES:-"data base distill choose ablations eval report export"}
 FLOW_STEPS=${FLOW_STEPS:-500}
 DISTILL_STEPS=${DISTILL_STEPS:-1000}
 ABLATION_STEPS=${ABLATION_STEPS:-200}
+# --cache_images: the 63 photos (300 MB decoded) are decoded once per process instead of for every crop (same crops).
 COMMON="--train_data_dir $DATA/train --resolution 64 --scale 4 --degradation light --random_flip --seed 0
-        --checkpointing_steps 50 --checkpoints_total_limit 2 --report_to tensorboard --lr_scheduler constant"
+        --checkpointing_steps 50 --checkpoints_total_limit 2 --report_to tensorboard --lr_scheduler constant
+        --cache_images"
 
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 resume_flag() { [ -d "$1" ] && ls -d "$1"/checkpoint-* >/dev/null 2>&1 && echo "--resume_from_checkpoint latest"; }
