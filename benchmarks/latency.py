@@ -182,28 +182,31 @@ def timed(fn, device: torch.device) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def upscale_once(pipe, image, args: argparse.Namespace, steps: int = 1):
+    """One pipeline call as the benchmark makes it: its scale, tiling (the model's unless given), batch and seed."""
+    tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap)
+    return pipe(
+        image,
+        upscale=args.scale,
+        num_inference_steps=steps,
+        tile_size=tile,
+        tile_overlap=overlap,
+        tile_batch_size=args.tile_batch_size,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
 def latency_part(pipe, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     steps = [int(s) for s in args.steps.split(",")]
     lq_side = max(1, round(args.latency_size / args.scale))
     image = random_photo(lq_side, lq_side, seed=args.seed)
     tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap)
 
-    def run_pipe(n: int):
-        return pipe(
-            image,
-            upscale=args.scale,
-            num_inference_steps=n,
-            tile_size=tile,
-            tile_overlap=overlap,
-            tile_batch_size=args.tile_batch_size,
-            generator=torch.Generator().manual_seed(args.seed),
-        )
-
     recorded: dict[int, list[dict[str, Any]]] = {}
     nfe: dict[int, int] = {}
     for n in steps:
         recorder = CallRecorder(pipe.transformer)
-        result = run_pipe(n)  # warm-up, and the record of the transformer calls it makes
+        result = upscale_once(pipe, image, args, n)  # warm-up, and the record of the transformer calls it makes
         recorder.remove()
         if result.nfe != len(recorder.calls):
             raise RuntimeError(f"pipeline reported nfe={result.nfe} but made {len(recorder.calls)} transformer calls")
@@ -215,7 +218,7 @@ def latency_part(pipe, args: argparse.Namespace, device: torch.device) -> dict[s
     samples: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for _ in range(args.repeats):
         for n in steps:
-            samples.setdefault((n, "pipe"), []).append(timed(lambda n=n: run_pipe(n), device))
+            samples.setdefault((n, "pipe"), []).append(timed(lambda n=n: upscale_once(pipe, image, args, n), device))
             samples.setdefault((n, "bare"), []).append(
                 timed(lambda n=n: replay(pipe.transformer, recorded[n]), device)
             )
@@ -261,18 +264,10 @@ def latency_part(pipe, args: argparse.Namespace, device: torch.device) -> dict[s
 def profile_one(pipe, args: argparse.Namespace) -> None:
     lq_side = max(1, round(args.latency_size / args.scale))
     image = random_photo(lq_side, lq_side, seed=args.seed)
-    tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(3):
-        pipe(
-            image,
-            upscale=args.scale,
-            num_inference_steps=1,
-            tile_size=tile,
-            tile_overlap=overlap,
-            tile_batch_size=args.tile_batch_size,
-        )
+        upscale_once(pipe, image, args)
     profiler.disable()
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(25)
@@ -284,29 +279,12 @@ def tiled_run(pipe, args: argparse.Namespace, device: torch.device, size: int) -
     tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap)
     lq_side = max(1, round(size / args.scale))
     warm = max(1, round((tile or 64) / args.scale))
-    pipe(
-        random_photo(warm, warm),
-        upscale=args.scale,
-        tile_size=tile,
-        tile_overlap=overlap,
-        generator=torch.Generator().manual_seed(0),
-    )
+    upscale_once(pipe, random_photo(warm, warm), args)
     image = random_photo(lq_side, lq_side, seed=args.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with PeakRSSSampler() as rss:
-        seconds, cpu_seconds = timed(
-            lambda: pipe(
-                image,
-                upscale=args.scale,
-                num_inference_steps=1,
-                tile_size=tile,
-                tile_overlap=overlap,
-                tile_batch_size=args.tile_batch_size,
-                generator=torch.Generator().manual_seed(args.seed),
-            ),
-            device,
-        )
+        seconds, cpu_seconds = timed(lambda: upscale_once(pipe, image, args), device)
     out_side = round(lq_side * args.scale)
     result = {
         "output_side": out_side,
