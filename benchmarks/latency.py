@@ -184,7 +184,7 @@ def timed(fn, device: torch.device) -> tuple[float, float]:
 
 def upscale_once(pipe, image, args: argparse.Namespace, steps: int = 1):
     """One pipeline call as the benchmark makes it: its scale, tiling (the model's unless given), batch and seed."""
-    tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap)
+    tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap, steps)
     return pipe(
         image,
         upscale=args.scale,
@@ -200,7 +200,6 @@ def latency_part(pipe, args: argparse.Namespace, device: torch.device) -> dict[s
     steps = [int(s) for s in args.steps.split(",")]
     lq_side = max(1, round(args.latency_size / args.scale))
     image = random_photo(lq_side, lq_side, seed=args.seed)
-    tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap)
 
     recorded: dict[int, list[dict[str, Any]]] = {}
     nfe: dict[int, int] = {}
@@ -226,7 +225,7 @@ def latency_part(pipe, args: argparse.Namespace, device: torch.device) -> dict[s
     per_steps: dict[str, Any] = {}
     medians: dict[tuple[int, str, int], float] = {}
     for n in steps:
-        row: dict[str, Any] = {"nfe": nfe[n]}
+        row: dict[str, Any] = {"nfe": nfe[n], "tile_overlap": pipe.resolve_tiling(args.tile, args.tile_overlap, n)[1]}
         for clock, index in (("wall", 0), ("cpu", 1)):
             pipe_times = [s[index] for s in samples[(n, "pipe")]]
             bare_times = [s[index] for s in samples[(n, "bare")]]
@@ -245,8 +244,7 @@ def latency_part(pipe, args: argparse.Namespace, device: torch.device) -> dict[s
         "image": {
             "input": [lq_side, lq_side],
             "output": [round(lq_side * args.scale)] * 2,
-            "tile_size": tile,
-            "tile_overlap": overlap,
+            "tile_size": pipe.resolve_tiling(args.tile, args.tile_overlap, first)[0],
         },
         "per_steps": per_steps,
         "overhead_ratio": per_steps[str(first)]["overhead_ratio_wall"],
@@ -276,7 +274,7 @@ def profile_one(pipe, args: argparse.Namespace) -> None:
 
 def tiled_run(pipe, args: argparse.Namespace, device: torch.device, size: int) -> dict[str, Any]:
     """Time one 1-step call at output side `size`, sampling RSS meanwhile (after a warm-up call on one tile)."""
-    tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap)
+    tile, overlap = pipe.resolve_tiling(args.tile, args.tile_overlap, 1)
     lq_side = max(1, round(size / args.scale))
     warm = max(1, round((tile or 64) / args.scale))
     upscale_once(pipe, random_photo(warm, warm), args)

@@ -44,7 +44,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         "--tile-overlap",
         type=int,
         default=None,
-        help="tile overlap in output pixels (default: the model's, else a quarter tile)",
+        help="tile overlap in output pixels (default: the model's, else 1/8 of the tile at 1 step, 1/4 with more)",
     )
 
 

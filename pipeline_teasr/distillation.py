@@ -836,7 +836,10 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
         "--default_tile_overlap",
         type=int,
         default=None,
-        help="Tile overlap (output pixels) stored in the saved pipeline (default: the base's, else a quarter tile).",
+        help=(
+            "Tile overlap (output pixels) stored in the saved pipeline (default: the base's, else none stored: 1/8 of "
+            "the tile for 1-step calls, 1/4 for more)."
+        ),
     )
     add(
         "--default_start_timestep",

@@ -294,6 +294,7 @@ class _Method:
     kind: str  # "teasr", "baseline" or "pred"
     label: str
     steps: int | None = None
+    tiling: tuple[int | None, int | None] = (None, None)  # (tile_size, tile_overlap) of a model's calls
     images: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -398,7 +399,8 @@ def evaluate(
         A JSON-friendly dict: ``format``, ``command``, ``created``, ``mode``, ``dataset``, ``scale``,
         ``crop_border``, ``model``, ``settings``, ``metrics`` (names evaluated), ``skipped`` ({metric: reason}),
         ``higher_is_better``, ``environment`` and ``results``: one entry per method with ``key``, ``kind``,
-        ``label``, ``steps``, ``num_images``, ``mean`` ({metric: value}), ``mean_seconds``, ``total_seconds``,
+        ``label``, ``steps``, ``tile_size`` and ``tile_overlap`` (model rows: the values its calls used),
+        ``num_images``, ``mean`` ({metric: value}), ``mean_seconds``, ``total_seconds``,
         ``mean_nfe`` and ``images`` ([{``name``, ``gt``, ``lr``, ``pred``, ``height``, ``width``, ``seconds``,
         ``nfe``, ``metrics``}]).
     """
@@ -440,8 +442,6 @@ def evaluate(
             start, start_timestep = pipeline.resolve_start(start, start_timestep)
         except ValueError as error:
             raise EvaluationError(str(error)) from None
-    if steps:
-        tile_size, tile_overlap = pipeline.resolve_tiling(tile_size, tile_overlap)
 
     # ---- pair the files
     gt_files = collect_images(gt_dir, "GT")
@@ -461,7 +461,8 @@ def evaluate(
     # ---- methods
     methods: list[_Method] = []
     for k in steps:
-        methods.append(_Method(f"teasr-{k}step", "teasr", f"TEASR ({k} step{'s' if k > 1 else ''})", k))
+        tiling = pipeline.resolve_tiling(tile_size, tile_overlap, k)
+        methods.append(_Method(f"teasr-{k}step", "teasr", f"TEASR ({k} step{'s' if k > 1 else ''})", k, tiling))
     for name in baselines:
         methods.append(_Method(name, "baseline", f"{name.capitalize()} (PIL)"))
     if pred_dir is not None:
@@ -497,9 +498,7 @@ def evaluate(
             assert scale is not None
             pair_scale = int(scale)
             for method in methods:
-                pred, seconds, nfe = _predict(
-                    method, pair, lr, gt, pair_scale, pipeline, start_timestep, start, tile_size, tile_overlap, seed
-                )
+                pred, seconds, nfe = _predict(method, pair, lr, gt, pair_scale, pipeline, start_timestep, start, seed)
                 target = gt
                 if method.kind == "pred":
                     target = _fit_gt(gt, pred.shape[:2], pair.name, pair_scale, "prediction")
@@ -550,6 +549,8 @@ def evaluate(
                 "kind": method.kind,
                 "label": method.label,
                 "steps": method.steps,
+                "tile_size": method.tiling[0] if method.kind == "teasr" else None,
+                "tile_overlap": method.tiling[1] if method.kind == "teasr" else None,
                 "num_images": len(method.images),
                 "mean": {m: _mean([item["metrics"][m] for item in method.images]) for m in evaluated},
                 "mean_seconds": _mean(seconds) if method.kind != "pred" else None,
@@ -586,7 +587,7 @@ def evaluate(
             "steps": steps,
             "start": start if steps else None,
             "start_timestep": start_timestep if steps else None,
-            "tile_size": tile_size if steps else None,
+            "tile_size": tile_size if steps else None,  # as requested (None: the model's); each result has its own
             "tile_overlap": tile_overlap if steps else None,
             "seed": seed,
             "baselines": list(baselines),
@@ -611,8 +612,6 @@ def _predict(
     pipeline: Any,
     start_timestep: float,
     start: str,
-    tile_size: int | None,
-    tile_overlap: int | None,
     seed: int,
 ) -> tuple[np.ndarray, float | None, int | None]:
     """Return (uint8 prediction, seconds, NFE) for one method on one image."""
@@ -634,8 +633,8 @@ def _predict(
             num_inference_steps=method.steps,
             start_timestep=start_timestep,
             start=start,
-            tile_size=tile_size,
-            tile_overlap=tile_overlap,
+            tile_size=method.tiling[0],
+            tile_overlap=method.tiling[1],
             generator=torch.Generator().manual_seed(seed),
             max_output_pixels=None,
             output_type="pil",

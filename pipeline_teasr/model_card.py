@@ -143,10 +143,10 @@ pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)
 low_res = Image.open("input.png")
 result = pipe(
     low_res,
-    upscale=4,               # any positive factor
-    num_inference_steps=1,   # any number of steps from the same weights
-    # start="lq",           # optional: "lq" (the LR image) or "noise"; pipe.supported_starts: what it was trained for
-    # start_timestep=0.8,   # optional: < 1 stays closer to the LR image (default: the model's own)
+    upscale=4,  # any positive factor
+    num_inference_steps=1,  # any number of steps from the same weights
+    # start="lq",  # optional: "lq" (the LR image) or "noise"; pipe.supported_starts: what it was trained for
+    # start_timestep=0.8,  # optional: < 1 stays closer to the LR image (default: the model's own)
     generator=torch.Generator().manual_seed(0),
 )
 result.images[0].save("output.png")

@@ -40,7 +40,8 @@ REPORT_KEYS = {
     "environment",
     "results",
 }
-RESULT_KEYS = {"key", "kind", "label", "steps", "num_images", "mean", "mean_seconds", "total_seconds", "mean_nfe"}
+RESULT_KEYS = {"key", "kind", "label", "steps", "tile_size", "tile_overlap", "num_images", "mean", "mean_seconds"}
+RESULT_KEYS |= {"total_seconds", "mean_nfe"}
 IMAGE_KEYS = {"name", "gt", "lr", "pred", "height", "width", "seconds", "nfe", "metrics"}
 
 
@@ -74,7 +75,7 @@ def test_synthetic_eval_report_matches_metrics_and_pred_mode(hr_folder, tiny_pip
     argv = ["eval", "--gt", str(hr_folder), "--degradation", "bicubic", "--scale", "4", "--seed", "3"]
     argv += ["--model", tiny_pipeline_dir, "--steps", "1", "2", "--baseline", "bicubic", "lanczos", "--device", "cpu"]
     argv += ["--json", str(report_file), "--markdown", str(table_file), "--save-images", str(out), "--quiet"]
-    assert main(argv) == 0
+    assert main([*argv, "--tile", "16"]) == 0
     printed = capsys.readouterr().out
     report = json.loads(report_file.read_text())
 
@@ -84,6 +85,11 @@ def test_synthetic_eval_report_matches_metrics_and_pred_mode(hr_folder, tiny_pip
     assert report["settings"]["start"] == "noise" and report["settings"]["start_timestep"] == 1.0
     assert report["dataset"]["degradation"] == "bicubic" and report["dataset"]["num_images"] == 2
     assert [r["key"] for r in report["results"]] == ["teasr-1step", "teasr-2step", "bicubic", "lanczos"]
+    # the tiling each row actually used: no overlap asked for, so the step-dependent default of 16-px tiles
+    assert report["settings"]["tile_size"] == 16 and report["settings"]["tile_overlap"] is None
+    assert [(r["tile_size"], r["tile_overlap"]) for r in report["results"]] == [(16, 2), (16, 4), (None, None)] + [
+        (None, None)
+    ]
     # every learned metric is either measured or skipped with a reason
     for name in LEARNED_METRICS:
         assert (name in report["metrics"]) != (name in report["skipped"])

@@ -143,15 +143,25 @@ def test_default_tile_overlap_is_used_saved_and_overridden(tiny_pipeline, tmp_pa
     image = random_photo(16, 16)
     tiny_pipeline.register_to_config(default_tile_size=32, default_tile_overlap=0)
     try:
-        assert tiny_pipeline.resolve_tiling(None, None) == (32, 0)
+        assert tiny_pipeline.resolve_tiling(None, None, 1) == (32, 0)
+        assert tiny_pipeline.resolve_tiling(None, None, 4) == (32, 0)  # a configured overlap holds at every step count
         assert _run(tiny_pipeline, image, tile_batch_size=1).nfe == 4  # 2 x 2 tiles without overlap
         assert _run(tiny_pipeline, image, tile_overlap=8, tile_batch_size=1).nfe == 9
         tiny_pipeline.save_pretrained(tmp_path / "overlap0")
     finally:
         tiny_pipeline.register_to_config(default_tile_size=None, default_tile_overlap=None)
-    assert tiny_pipeline.resolve_tiling(32, None) == (32, 8)  # a quarter tile when nothing is configured
     loaded = TEASRPipeline.from_pretrained(tmp_path / "overlap0")
-    assert loaded.resolve_tiling(None, None) == (32, 0)
+    assert loaded.resolve_tiling(None, None, 1) == (32, 0)
+
+
+def test_unconfigured_overlap_is_an_eighth_tile_at_one_step_and_a_quarter_with_more(tiny_pipeline):
+    assert tiny_pipeline.resolve_tiling(64, None, 1) == (64, 8)
+    assert tiny_pipeline.resolve_tiling(64, None, 2) == (64, 16)
+    assert tiny_pipeline.resolve_tiling(64, 4, 2) == (64, 4)  # a call's own overlap always wins
+    # 16-px tiles over a 128-px output: stride 14 -> 9 x 9 tiles at 1 step, stride 12 -> 11 x 11 at 2 steps.
+    image = random_photo(32, 32)
+    assert _run(tiny_pipeline, image, tile_size=16, tile_batch_size=1).nfe == 81
+    assert _run(tiny_pipeline, image, num_inference_steps=2, tile_size=16, tile_batch_size=1).nfe == 2 * 121
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "L", "P", "I;16", "LA"])
