@@ -221,6 +221,14 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             raise ValueError(f"`color_fix` must be None, 'adain' or 'wavelet', got {color_fix!r}.")
         if prompt is not None and prompt_embeds is not None:
             raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
+        if isinstance(prompt, (list, tuple)):
+            num_images = len(image) if isinstance(image, list) else 1
+            if len(prompt) != num_images or not all(isinstance(text, str) for text in prompt):
+                raise ValueError(
+                    f"`prompt` must be a string or a list of {num_images} strings (one per image), got {prompt!r}."
+                )
+        elif prompt is not None and not isinstance(prompt, str):
+            raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
         if max_output_pixels is not None and max_output_pixels < 1:
             raise ValueError(f"`max_output_pixels` must be positive, got {max_output_pixels}.")
         for name in callback_on_step_end_tensor_inputs or []:
@@ -318,7 +326,8 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                 image itself, `z_T = c`, and follows the LQ bridge (no noise: the output does not depend on
                 `generator`; T = 1 is the full restoration, a lower T moves part of the way; needs a model
                 distilled with LQ-bridge rows). `None` uses the pipeline's `default_start` (`"noise"` if unset).
-            prompt (`str` or `list[str]`, *optional*): text condition; needs `text_encoder` and `tokenizer`.
+            prompt (`str` or `list[str]`, *optional*): text condition, one for every image or a list with one per
+                image; needs `text_encoder` and `tokenizer`.
             prompt_embeds (`torch.Tensor`, *optional*): precomputed text embeddings `(1, L, joint_attention_dim)`.
             prompt_embeds_mask (`torch.Tensor`, *optional*): their mask `(1, L)`.
             generator (`torch.Generator` or a list, one per image, *optional*): makes the noise reproducible.
@@ -381,6 +390,9 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         outputs, nfe = [], 0
         for index, (item, size) in enumerate(zip(decomposed, sizes)):
             item_generator = generator[index] if isinstance(generator, list) else generator
+            item_embeds, item_mask = prompt_embeds, prompt_embeds_mask
+            if isinstance(prompt, (list, tuple)):  # one encoded prompt per image
+                item_embeds, item_mask = prompt_embeds[index : index + 1], prompt_embeds_mask[index : index + 1]
             result, calls = self._upscale_one(
                 item,
                 size,
@@ -392,8 +404,8 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                 tile_size,
                 tile_overlap,
                 tile_batch_size,
-                prompt_embeds,
-                prompt_embeds_mask,
+                item_embeds,
+                item_mask,
                 attention_kwargs,
                 callback_on_step_end,
                 callback_on_step_end_tensor_inputs or ["latents"],
