@@ -109,11 +109,10 @@ def _results_section(reports: Sequence[dict[str, Any]]) -> str:
             )
         settings = report.get("settings") or {}
         if settings.get("steps"):
-            tile = settings.get("tile_size")
             notes.append(
                 f"Sampling: start {settings.get('start') or 'noise'}, "
-                f"start timestep {settings.get('start_timestep')}, "
-                f"tile size {tile if tile else 'none (whole image)'}, seed {settings.get('seed')}."
+                f"start timestep {settings.get('start_timestep')}, {describe_tiling(report)}, "
+                f"seed {settings.get('seed')}."
             )
         if report.get("skipped"):
             notes.append("Not measured: " + "; ".join(report["skipped"][m] for m in sorted(report["skipped"])) + ".")
@@ -165,6 +164,26 @@ teasr eval --gt HR/ --degradation bicubic --scale 4 --model {repo} --steps 1 2 4
     --baseline bicubic lanczos --json eval.json --markdown eval.md
 ```
 """
+
+
+def describe_tiling(report: dict[str, Any]) -> str:
+    """How a `teasr eval` report's model rows were tiled, e.g. "64-px tiles overlapping by 8 px at 1 step, 16 px at
+    2 / 4 / 8 steps" (reports written before rows recorded their tiling: the settings' tile size)."""
+    rows = [r for r in report["results"] if r.get("kind") == "teasr"]
+    if not rows or any("tile_size" not in r for r in rows):
+        tile = (report.get("settings") or {}).get("tile_size")
+        return f"tile size {tile} px" if tile else "no tiling (whole image)"
+    tile = rows[0]["tile_size"]  # the tile size does not depend on the step count, the overlap may
+    if not tile:
+        return "no tiling (whole image)"
+    by_overlap: dict[int, list[str]] = {}
+    for row in rows:
+        by_overlap.setdefault(row["tile_overlap"], []).append(str(row["steps"]))
+    overlaps = ", ".join(
+        f"{overlap} px at {' / '.join(steps)} step{'s' if steps != ['1'] else ''}"
+        for overlap, steps in by_overlap.items()
+    )
+    return f"{tile}-px tiles overlapping by {overlaps}"
 
 
 def _limitations_section(reports: Sequence[dict[str, Any]], extra: str | None) -> str:

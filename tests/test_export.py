@@ -43,6 +43,7 @@ def eval_json(tmp_path_factory, tiny_pipeline) -> Path:
         pipeline=tiny_pipeline,
         model="tiny",
         steps=[1, 2],
+        tile_size=16,
         baselines=["bicubic"],
         learned=["lpips"],
         dataset_name="Tiny Set",
@@ -101,6 +102,7 @@ def test_model_card_script_builds_a_valid_card_from_eval_json(eval_json, tmp_pat
     assert "self-adversarial recipe (test text)" in text and "## Limitations" in text
     assert CITATION in text and "arXiv:2606.16188" in text
     assert report["command"] in text and report["skipped"]["lpips"] in text
+    assert "16-px tiles overlapping by 2 px at 1 step, 4 px at 2 steps" in text  # each row's own tiling
 
     assert script.main(["--eval", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.md")]) == 2
 
