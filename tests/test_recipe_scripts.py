@@ -41,6 +41,24 @@ def test_regression_probe_trains_and_reports_gains_over_bicubic(tmp_path):
     assert result.returncode != 0 and "no PNG photos" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_critic_probe_trains_heads_per_level_and_refuses_bad_input(tmp_path, tiny_pipeline_dir):
+    for seed in range(3):
+        random_photo(80, 96, seed=seed).save(tmp_path / f"photo{seed}.png")
+    script = RECIPE_DIR / "critic_probe.py"
+    common = ["--model", tiny_pipeline_dir, "--data", str(tmp_path), "--steps", "4"]
+    result = _run(*common, "--levels", "0.5", "0.02", script=script)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["tau"] for line in lines] == [0.5, 0.02]
+    for line in lines:
+        assert line["steps"] == 4 and 0.0 <= line["hinge_last_quarter"] <= 4.0
+        assert line["hinge_first_quarter"] == pytest.approx(2.0, abs=1e-6)  # zero-initialised heads: chance
+
+    for bad in (["--levels", "1.0"], ["--data", str(tmp_path / "missing")]):
+        result = _run(*common, *bad, script=script)
+        assert result.returncode != 0 and "error:" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_choose_start_scores_each_level_on_training_crops_and_picks_the_best(tmp_path, tiny_pipeline_dir):
     for seed, name in enumerate(("Garden_25", "Wood_25", "Aqua_25")):
         random_photo(40, 48, seed=seed).save(tmp_path / f"{name}.png")

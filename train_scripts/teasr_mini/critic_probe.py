@@ -1,0 +1,100 @@
+"""Can the self-critic heads tell a photo from the model's own 1-step output, and at which critic level?
+
+    python train_scripts/teasr_mini/critic_probe.py --model model_card --levels 0.5 0.1 0.02
+
+For each critic level `tau`, trains fresh `CriticHeads` (the distillation's heads: LayerNorm + Linear per token on
+the blocks `default_critic_blocks` picks) on the frozen model's noisy-branch states of real HQ crops and of the
+model's 1-step LQ-start outputs, both renoised to `tau` with the same noise, exactly as the distillation's critic
+pass does for bridge rows. Training photos only (64 x 64 crops with detail, `--min_crop_gradient`), light
+degradations, batch 8, AdamW at the recipe's 2e-4. Prints one JSON line per level: the mean hinge loss over the
+first and the last quarter of the steps (2.0 is chance, lower means the heads separate real from fake).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from probe_crops import load_photo
+
+from pipeline_teasr import TEASRPipeline
+from pipeline_teasr.data import crop_gradient
+from pipeline_teasr.degradations import DegradationConfig, RealWorldDegradation
+from pipeline_teasr.losses import CriticHeads, critic_hinge_loss, default_critic_blocks, renoise
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="model_card", help="pipeline folder of a model trained for start='lq'")
+    parser.add_argument("--data", type=Path, default=Path("data/teasr_mini/train"))
+    parser.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.1, 0.02], help="critic levels tau")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--min_crop_gradient", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if any(not 0.0 < tau < 1.0 for tau in args.levels):
+        raise SystemExit(f"error: --levels must lie in (0, 1), got {args.levels}")
+    files = sorted(args.data.glob("*.png"))
+    if not files:
+        raise SystemExit(f"error: no PNG photos in {args.data} (run the recipe's data stage first)")
+    photos = [load_photo(path) for path in files]
+    model = TEASRPipeline.from_pretrained(args.model).transformer.eval().requires_grad_(False)
+    blocks = default_critic_blocks(len(model.transformer_blocks))
+    degrade = RealWorldDegradation(DegradationConfig.light())
+    batch, size = 8, 64
+
+    for tau_value in args.levels:
+        torch.manual_seed(args.seed)
+        rng = np.random.default_rng(args.seed)
+        generator = torch.Generator().manual_seed(args.seed + 1)
+        heads = CriticHeads(model.inner_dim, blocks)
+        optimizer = torch.optim.AdamW(heads.parameters(), lr=2e-4, weight_decay=0.0)
+        tau, level = torch.full((batch,), tau_value), torch.zeros(batch)
+        losses, started = [], time.time()
+        for _ in range(args.steps):
+            crops = []
+            for _attempt in range(100 * batch):  # redraw flat crops, as the recipe's --min_crop_gradient does
+                photo = photos[rng.integers(len(photos))]
+                y = 4 * int(rng.integers(0, (photo.shape[1] - size) // 4 + 1))
+                x = 4 * int(rng.integers(0, (photo.shape[2] - size) // 4 + 1))
+                crop = photo[:, y : y + size, x : x + size]
+                if crop_gradient(crop) >= args.min_crop_gradient or _attempt >= 10 * batch:
+                    crops.append(crop)
+                if len(crops) == batch:
+                    break
+            hq = torch.stack(crops)
+            lq = torch.cat([degrade(crop[None].contiguous(), generator) for crop in hq])
+            c = F.interpolate(lq, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1) * 2 - 1
+            real = hq * 2 - 1
+            noise = torch.randn(real.shape, generator=generator)
+            with torch.no_grad():
+                fake = c - model(c, c, timestep=1.0, target_timestep=0.0).sample  # one step from the LQ start
+                states = [
+                    model(renoise(z, level, tau, noise), c, timestep=tau, target_timestep=tau,
+                          output_hidden_states_at=blocks).block_hidden_states
+                    for z in (real, fake)
+                ]  # fmt: skip
+            logits_real, logits_fake = heads([torch.cat(pair) for pair in zip(*states)]).chunk(2)
+            loss = critic_hinge_loss(logits_real, logits_fake)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        quarter = max(1, len(losses) // 4)
+        line = {
+            "tau": tau_value,
+            "steps": args.steps,
+            "hinge_first_quarter": round(float(np.mean(losses[:quarter])), 4),
+            "hinge_last_quarter": round(float(np.mean(losses[-quarter:])), 4),
+            "s": round(time.time() - started),
+        }
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
