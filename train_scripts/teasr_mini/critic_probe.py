@@ -5,9 +5,10 @@
 For each critic level `tau`, trains fresh `CriticHeads` (the distillation's heads: LayerNorm + Linear per token on
 the blocks `default_critic_blocks` picks) on the frozen model's noisy-branch states of real HQ crops and of the
 model's 1-step LQ-start outputs, both renoised to `tau` with the same noise, exactly as the distillation's critic
-pass does for bridge rows. Training photos only (64 x 64 crops with detail, `--min_crop_gradient`), light
-degradations, batch 8, AdamW at the recipe's 2e-4. Prints one JSON line per level: the mean hinge loss over the
-first and the last quarter of the steps (2.0 is chance, lower means the heads separate real from fake).
+pass does for bridge rows. The crops, degradation and LQ condition are the distillation's own (`SRCropDataset`
+with `--min_crop_gradient`, 64 x 64, light degradations, batch 8), training photos only; AdamW at the recipe's
+2e-4. Prints one JSON line per level: the mean hinge loss over the first and the last quarter of the steps (2.0 is
+chance, lower means the heads separate real from fake).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from probe_crops import load_photo
 
 from pipeline_teasr import TEASRPipeline
-from pipeline_teasr.data import crop_gradient
-from pipeline_teasr.degradations import DegradationConfig, RealWorldDegradation
+from pipeline_teasr.data import (
+    SRCropDataset,
+    build_degradation,
+    collate_sr_batch,
+    load_image_dataset,
+    lq_condition_pixels,
+)
 from pipeline_teasr.losses import CriticHeads, critic_hinge_loss, default_critic_blocks, renoise
 
 
@@ -39,52 +43,57 @@ def main() -> None:
     args = parser.parse_args()
     if any(not 0.0 < tau < 1.0 for tau in args.levels):
         raise SystemExit(f"error: --levels must lie in (0, 1), got {args.levels}")
-    files = sorted(args.data.glob("*.png"))
-    if not files:
+    if not sorted(args.data.glob("*.png")):
         raise SystemExit(f"error: no PNG photos in {args.data} (run the recipe's data stage first)")
-    photos = [load_photo(path) for path in files]
-    model = TEASRPipeline.from_pretrained(args.model).transformer.eval().requires_grad_(False)
+    pipe = TEASRPipeline.from_pretrained(args.model)
+    model = pipe.transformer.eval().requires_grad_(False)
     blocks = default_critic_blocks(len(model.transformer_blocks))
-    degrade = RealWorldDegradation(DegradationConfig.light())
-    batch, size = 8, 64
+    # The distillation's own crops (flat ones redrawn), degradation and LQ condition: see `run_training`.
+    crops = SRCropDataset(
+        load_image_dataset(train_data_dir=str(args.data)),
+        resolution=64,
+        scale=4,
+        seed=args.seed,
+        min_crop_gradient=args.min_crop_gradient,
+        cache_images=True,
+    )
+    degradation = build_degradation("light", 4)
 
     for tau_value in args.levels:
         torch.manual_seed(args.seed)
-        rng = np.random.default_rng(args.seed)
+        loader_generator = torch.Generator().manual_seed(args.seed)
+        loader = torch.utils.data.DataLoader(
+            crops, batch_size=8, shuffle=True, collate_fn=collate_sr_batch, generator=loader_generator
+        )
         generator = torch.Generator().manual_seed(args.seed + 1)
         heads = CriticHeads(model.inner_dim, blocks)
         optimizer = torch.optim.AdamW(heads.parameters(), lr=2e-4, weight_decay=0.0)
-        tau, level = torch.full((batch,), tau_value), torch.zeros(batch)
-        losses, started = [], time.time()
-        for _ in range(args.steps):
-            crops = []
-            for _attempt in range(100 * batch):  # redraw flat crops, as the recipe's --min_crop_gradient does
-                photo = photos[rng.integers(len(photos))]
-                y = 4 * int(rng.integers(0, (photo.shape[1] - size) // 4 + 1))
-                x = 4 * int(rng.integers(0, (photo.shape[2] - size) // 4 + 1))
-                crop = photo[:, y : y + size, x : x + size]
-                if crop_gradient(crop) >= args.min_crop_gradient or _attempt >= 10 * batch:
-                    crops.append(crop)
-                if len(crops) == batch:
+        losses, started, epoch = [], time.time(), 0
+        while len(losses) < args.steps:
+            crops.set_epoch(epoch)
+            epoch += 1
+            for batch in loader:
+                if len(losses) == args.steps:
                     break
-            hq = torch.stack(crops)
-            lq = torch.cat([degrade(crop[None].contiguous(), generator) for crop in hq])
-            c = F.interpolate(lq, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1) * 2 - 1
-            real = hq * 2 - 1
-            noise = torch.randn(real.shape, generator=generator)
-            with torch.no_grad():
-                fake = c - model(c, c, timestep=1.0, target_timestep=0.0).sample  # one step from the LQ start
-                states = [
-                    model(renoise(z, level, tau, noise), c, timestep=tau, target_timestep=tau,
-                          output_hidden_states_at=blocks).block_hidden_states
-                    for z in (real, fake)
-                ]  # fmt: skip
-            logits_real, logits_fake = heads([torch.cat(pair) for pair in zip(*states)]).chunk(2)
-            loss = critic_hinge_loss(logits_real, logits_fake)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+                hq = batch["pixel_values"]
+                with torch.no_grad():
+                    lq = degradation(hq, generator=generator)
+                    c = pipe.encode_images(lq_condition_pixels(lq, tuple(hq.shape[-2:])))
+                    real = pipe.encode_images(hq)
+                    tau, level = torch.full((len(hq),), tau_value), torch.zeros(len(hq))
+                    noise = torch.randn(real.shape, generator=generator)
+                    fake = c - model(c, c, timestep=1.0, target_timestep=0.0).sample  # one step from the LQ start
+                    states = [
+                        model(renoise(z, level, tau, noise), c, timestep=tau, target_timestep=tau,
+                              output_hidden_states_at=blocks).block_hidden_states
+                        for z in (real, fake)
+                    ]  # fmt: skip
+                logits_real, logits_fake = heads([torch.cat(pair) for pair in zip(*states)]).chunk(2)
+                loss = critic_hinge_loss(logits_real, logits_fake)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
         quarter = max(1, len(losses) // 4)
         line = {
             "tau": tau_value,
