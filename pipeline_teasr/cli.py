@@ -180,6 +180,8 @@ def collect_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
     for name in inputs:
         if Path(name).is_dir():
             raise CLIError(f"{name} is a folder: pass one folder alone, or image files")
+        if not Path(name).exists():
+            raise CLIError(f"image file not found: {name}")
     if len(inputs) == 1:
         target = Path(output)
         if target.is_dir():
@@ -212,13 +214,16 @@ def save_atomically(image, path: Path) -> None:
 
 
 def run_upscale(args: argparse.Namespace) -> int:
+    jobs = collect_jobs(args.inputs, args.output)  # bad paths fail here, before seconds of importing torch
+
+    if sys.stderr.isatty():
+        print(f"teasr: loading {args.model or 'the embedded teasr-mini'} ...", file=sys.stderr, flush=True)
     import torch
     from tqdm.auto import tqdm
 
     from .image_processing_teasr import load_image
     from .pipeline_teasr import DEFAULT_MAX_OUTPUT_PIXELS
 
-    jobs = collect_jobs(args.inputs, args.output)
     pipe = load_pipeline(args.model, args.device, args.dtype)
     max_pixels = args.max_output_pixels or DEFAULT_MAX_OUTPUT_PIXELS
     failures: list[tuple[Path, str]] = []

@@ -210,6 +210,29 @@ def test_console_script_has_no_traceback(tiny_pipeline_dir, tmp_path):
     assert result.stderr.strip().startswith("teasr: error:")
 
 
+def test_help_and_missing_inputs_answer_without_importing_torch(tmp_path):
+    # `teasr --help` and a mistyped path answer at once: torch and diffusers take seconds to import.
+    script = (
+        "import sys\n"
+        "from pipeline_teasr.cli import main\n"
+        "code = main(['upscale', sys.argv[1], '-o', sys.argv[2]])\n"
+        "heavy = sorted(name for name in ('torch', 'diffusers') if name in sys.modules)\n"
+        "print(code, ','.join(heavy) or 'none')\n"
+    )
+    missing = tmp_path / "typo.png"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(missing), str(tmp_path / "o.png")], capture_output=True, text=True
+    )
+    assert result.stdout.split() == ["2", "none"], result.stdout + result.stderr
+    assert result.stderr.strip() == f"teasr: error: image file not found: {missing}"
+    help_run = subprocess.run(
+        [sys.executable, "-c", "import sys, pipeline_teasr.cli; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
+    assert help_run.stdout.strip() == "False", help_run.stderr
+
+
 def test_huge_input_refused_above_the_output_cap(run_cli, tmp_path):
     source = tmp_path / "big.png"
     PIL.Image.new("RGB", (4000, 3000), (90, 120, 150)).save(source)
