@@ -39,6 +39,7 @@ from .losses import (
     jump_weight,
     reconstruction_loss,
     renoise,
+    shift_within_patch,
 )
 
 logger = logging.getLogger(__name__)
@@ -121,9 +122,26 @@ def lq_start_levels(t: torch.Tensor, generator: torch.Generator, start_prob: flo
     return torch.where(at_start, torch.ones_like(t), t)
 
 
-def sample_critic_timesteps(t: torch.Tensor, s: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Critic level tau in [s, t]: at or below the generation step's own level, at or above its output level."""
-    return s + (t - s) * _rand(t.shape[0], generator)
+def sample_critic_timesteps(
+    t: torch.Tensor,
+    s: torch.Tensor,
+    generator: torch.Generator,
+    bridge: torch.Tensor | None = None,
+    bridge_max_timestep: float = 1.0,
+) -> torch.Tensor:
+    """Critic level tau of each generator row.
+
+    Rows on the noise path: tau in [s, t], at or below the generation step's own level, at or above its output level.
+    LQ-bridge rows (`bridge`): their levels measure the distance to the LQ image, not noise, and the critic reads
+    their clean estimate renoised from 0, so tau is uniform in [0, bridge_max_timestep]. Kept low, because the
+    difference between a photo and a restoration is small and noise hides it: fresh heads on the frozen release stay
+    at chance at tau = 0.5 and separate the two at 0.1 and 0.02 (`train_scripts/teasr_mini/critic_probe.py`).
+    """
+    share = _rand(t.shape[0], generator)
+    tau = s + (t - s) * share
+    if bridge is None:
+        return tau
+    return torch.where(bridge.to(tau.device), bridge_max_timestep * share, tau)
 
 
 # ====================================================================================================================
@@ -147,6 +165,7 @@ class DistillationConfig:
     `start="lq"`. Their average velocity is `c - z0` for every `t -> s`, so their reconstruction loss is measured in
     velocity units: a one-step jump from the LQ image is trained at full scale. They take precedence over anchoring.
     With rectification a share `lq_bridge_start_prob` of them starts at t = 1, the others uniformly on the bridge.
+    The critic reads their clean estimates renoised to a level in `[0, bridge_critic_max_timestep]`.
     """
 
     lambda_flow: float = 1.0
@@ -163,6 +182,8 @@ class DistillationConfig:
     lq_bridge_prob: float = 0.0
     lq_bridge_start_prob: float = 0.5
     min_timestep: float = 0.02
+    bridge_critic_max_timestep: float = 0.1
+    critic_patch_shift: bool = False
     reconstruction_loss: str = "l2"
     adversarial_warmup_steps: int = 0
     flow_timestep_sampling: str = "uniform"
@@ -174,6 +195,8 @@ class DistillationConfig:
         check_probabilities(**{name: getattr(self, name) for name in names})
         if not 0.0 <= self.min_timestep < 1.0:
             raise ValueError(f"min_timestep must lie in [0, 1), got {self.min_timestep}.")
+        if not 0.0 < self.bridge_critic_max_timestep <= 1.0:
+            raise ValueError(f"bridge_critic_max_timestep must lie in (0, 1], got {self.bridge_critic_max_timestep}.")
         if not self.min_timestep < self.lq_anchor_max_timestep <= 1.0:
             raise ValueError(
                 f"lq_anchor_max_timestep must lie in (min_timestep, 1], got {self.lq_anchor_max_timestep}."
@@ -329,21 +352,26 @@ def self_adversarial_losses(
         blocks = unwrap_module(critic_heads).block_indices
         if max(blocks) >= n_blocks:
             raise ValueError(f"critic blocks {blocks} exceed the transformer's {n_blocks} blocks.")
-        tau = sample_critic_timesteps(t, s, generator).to(device)
+        tau = sample_critic_timesteps(t, s, generator, bridge, config.bridge_critic_max_timestep).to(device)
         noise = randn()
         # The critic reads states of the noise path: bridge rows give it their clean image (real) and the clean
         # image their velocity implies (fake, `z_t - t u`), renoised from level 0.
         real = torch.where(bridge_rows, z0, z_s)
         fake = torch.where(bridge_rows, flow_map_step(z_t, u_gen, t, torch.zeros_like(t)), z_s_hat)
         level = torch.where(bridge, torch.zeros_like(s), s)
+        real_in, fake_in, critic_c = renoise(real, level, tau, noise), renoise(fake, level, tau, noise), c
+        if config.critic_patch_shift:
+            real_in, fake_in, critic_c = shift_within_patch(
+                [real_in, fake_in, critic_c], backbone.config.patch_size, generator
+            )
         with torch.no_grad():
             real_states = backbone(
-                renoise(real, level, tau, noise), c, timestep=tau, target_timestep=tau, output_hidden_states_at=blocks
+                real_in, critic_c, timestep=tau, target_timestep=tau, output_hidden_states_at=blocks
             ).block_hidden_states
         fake_states = call_with_frozen_parameters(
             backbone,
-            renoise(fake, level, tau, noise),
-            c,
+            fake_in,
+            critic_c,
             timestep=tau,
             target_timestep=tau,
             output_hidden_states_at=blocks,

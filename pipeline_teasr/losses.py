@@ -60,6 +60,19 @@ def flow_map_step(z_t: torch.Tensor, u: torch.Tensor, t: torch.Tensor, s: torch.
     return z_t - _expand(t - s, z_t) * u
 
 
+def shift_within_patch(
+    tensors: Sequence[torch.Tensor], patch_size: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Roll every `(B, C, H, W)` tensor by one random offset in `[0, patch_size)` along H and W (wrapping around).
+
+    The critic reads per-token states, and tokens are fixed `patch_size` squares: at a fixed phase the generator can
+    lower the critic's score with patterns that repeat every patch. Shifted inputs move that grid to a random phase
+    of the image, so a patch-periodic pattern is no longer where the critic's tokens see it.
+    """
+    dy, dx = (int(v) for v in torch.randint(patch_size, (2,), generator=generator, device=generator.device))
+    return [torch.roll(x, shifts=(dy, dx), dims=(-2, -1)) for x in tensors]
+
+
 def renoise(z_s: torch.Tensor, s: torch.Tensor, tau: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Move a sample of level `s` to a level `tau >= s` of the same rectified-flow marginal.
 

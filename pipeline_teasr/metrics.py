@@ -205,6 +205,32 @@ def high_frequency_ratio(pred: np.ndarray, gt: np.ndarray, sigma: float = 1.5) -
     return hf_pred / hf_gt
 
 
+def grid_pattern_strength(img: np.ndarray, period: int, sigma: float = 1.5) -> float:
+    """No-reference check for a pattern that repeats every ``period`` pixels from the image's corner, such as the
+    token grid of a patch-based model.
+
+    The high-pass luma ``Y - blur(Y)`` (the detail the HF ratio measures) is averaged separately over each of the
+    ``period x period`` pixel phases; returns the spread (std) of those phase means over the std of the high-pass.
+    Detail that does not follow the grid averages out (about ``period / sqrt(pixels)``: 0.008 for a 512 x 512
+    image at period 4); a grid does not (a 1 % grid adds about 0.1 on scikit-image's photos). ``period`` must be at
+    least 2 and at most a third of each side.
+    """
+    arr = np.asarray(img)
+    _check_rgb(arr)
+    height, width = arr.shape[:2]
+    if period < 2 or min(height, width) < 3 * period:
+        raise ValueError(
+            f"period must be >= 2 and at most a third of the image's sides, got {period} for {width}x{height}"
+        )
+    y = rgb_to_y(arr)
+    detail = y - _gaussian_blur_same(y, sigma)
+    scale = float(np.std(detail))
+    if scale == 0.0:
+        return 0.0
+    phase_means = [detail[dy::period, dx::period].mean() for dy in range(period) for dx in range(period)]
+    return float(np.std(phase_means) / scale)
+
+
 def _avg_pool2(y: np.ndarray) -> np.ndarray:
     """2x2 average then 2x subsampling, as MATLAB ``conv2(Y, ones(2)/4, 'same')`` followed by ``(1:2:end)``."""
     h, w = y.shape

@@ -34,6 +34,7 @@ from pipeline_teasr.losses import (
     jump_weight,
     reconstruction_loss,
     renoise,
+    shift_within_patch,
 )
 
 from .conftest import TINY_PIXEL_CONFIG
@@ -259,6 +260,68 @@ def test_lq_bridge_rows_run_from_the_hq_image_to_the_lq_image_and_learn_their_ve
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     with pytest.raises(ValueError, match="lq_bridge_prob"):
         DistillationConfig(lq_bridge_prob=1.5)
+
+
+def test_the_critic_reads_bridge_rows_at_low_noise_levels():
+    """Bridge levels are distances to the LQ image, not noise: the critic renoises their clean estimates to a level
+    in [0, bridge_critic_max_timestep] (at high levels noise hides the restoration error it should see)."""
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.ones(4000), torch.zeros(4000)
+    bridge = torch.arange(4000) % 2 == 0
+    tau = sample_critic_timesteps(t, s, g, bridge, bridge_max_timestep=0.1)
+    assert tau[bridge].min() >= 0 and tau[bridge].max() <= 0.1 and tau[bridge].mean() == pytest.approx(0.05, abs=0.005)
+    assert tau[~bridge].max() > 0.9 and tau[~bridge].mean() == pytest.approx(0.5, abs=0.03)
+
+    levels: list[torch.Tensor] = []
+
+    def record_critic_levels(module, args, kwargs, output):
+        if kwargs.get("output_hidden_states_at"):
+            levels.append(kwargs["timestep"].detach().clone())
+
+    z0, c = tiny_batch()
+    model = tiny_transformer()
+    model.register_forward_hook(record_critic_levels, with_kwargs=True)
+    config = DistillationConfig(lq_anchor_prob=0.0, lq_bridge_prob=1.0, bridge_critic_max_timestep=0.05)
+    self_adversarial_losses(model, z0, c, config, torch.Generator().manual_seed(0), random_heads(model))
+    assert len(levels) == 2  # real and fake, at the same levels
+    torch.testing.assert_close(levels[0], levels[1])
+    assert levels[0].min() >= 0 and levels[0].max() <= 0.05
+    with pytest.raises(ValueError, match="bridge_critic_max_timestep"):
+        DistillationConfig(bridge_critic_max_timestep=0.0)
+
+
+def test_the_critic_can_read_its_inputs_shifted_off_the_patch_grid():
+    """--critic_patch_shift rolls the critic's noisy input and its LQ condition by one offset within a patch."""
+    rows = torch.arange(8.0).view(1, 1, 8, 1).expand(2, 3, 8, 8)
+    cols = torch.arange(8.0).view(1, 1, 1, 8).expand(2, 3, 8, 8)
+    offsets = set()
+    for seed in range(200):
+        shifted_rows, shifted_cols = shift_within_patch([rows, cols], 4, torch.Generator().manual_seed(seed))
+        dy, dx = -int(shifted_rows[0, 0, 0, 0]) % 8, -int(shifted_cols[0, 0, 0, 0]) % 8  # rolled by (dy, dx)
+        torch.testing.assert_close(shifted_rows, torch.roll(rows, (dy, 0), (-2, -1)))
+        torch.testing.assert_close(shifted_cols, torch.roll(cols, (0, dx), (-2, -1)))
+        offsets.add((dy, dx))
+    assert offsets == {(dy, dx) for dy in range(4) for dx in range(4)}
+
+    conditions: list[torch.Tensor] = []
+
+    def record_critic_condition(module, args, kwargs, output):
+        if kwargs.get("output_hidden_states_at"):
+            conditions.append(args[1].detach().clone())
+
+    z0, c = tiny_batch()
+    for shift in (False, True):
+        model = tiny_transformer()
+        model.register_forward_hook(record_critic_condition, with_kwargs=True)
+        config = DistillationConfig(lq_anchor_prob=0.0, lq_bridge_prob=1.0, critic_patch_shift=shift)
+        generator = torch.Generator().manual_seed(3)
+        losses = self_adversarial_losses(model, z0, c, config, generator, random_heads(model))
+        assert torch.isfinite(losses["loss"])
+    unshifted, shifted = conditions[0], conditions[2]
+    torch.testing.assert_close(unshifted, c)
+    assert not torch.equal(shifted, c)  # this seed's offset is not (0, 0)
+    patch = model.config.patch_size
+    assert any(torch.equal(shifted, torch.roll(c, (dy, dx), (-2, -1))) for dy in range(patch) for dx in range(patch))
 
 
 def test_flow_matching_bridge_rows_end_at_the_lq_image():

@@ -13,6 +13,7 @@ from pipeline_teasr import metrics
 from pipeline_teasr.metrics import (
     compute_metrics,
     gmsd,
+    grid_pattern_strength,
     high_frequency_ratio,
     learned_metric,
     psnr_y,
@@ -307,3 +308,18 @@ def test_compute_metrics(gt: np.ndarray, no_pyiqa: None) -> None:
     assert math.isnan(out2["lpips"])
     with pytest.raises(ValueError):
         compute_metrics(pred, gt, 4, names=("fid",))
+
+
+def test_grid_pattern_strength_flags_a_faint_pattern_at_the_token_period():
+    photo = _natural_like(192, 240)
+    yy, xx = np.mgrid[0:192, 0:240]
+    grid = lambda period: 0.01 * (((yy % period) == 0) | ((xx % period) == 0))[..., None]  # noqa: E731
+    clean = grid_pattern_strength(photo, 4)
+    assert clean < 0.04
+    assert grid_pattern_strength(np.clip(photo + grid(4), 0, 1), 4) > 4 * clean
+    # A pattern of another period averages out, and contrast does not matter.
+    assert grid_pattern_strength(np.clip(photo + grid(5), 0, 1), 4) < 1.5 * clean
+    assert grid_pattern_strength(0.5 * photo, 4) == pytest.approx(clean)
+    assert grid_pattern_strength(np.full((16, 16, 3), 0.5), 4) == 0.0
+    with pytest.raises(ValueError, match="period"):
+        grid_pattern_strength(photo, 100)

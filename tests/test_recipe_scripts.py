@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
 
@@ -57,6 +58,27 @@ def test_critic_probe_trains_heads_per_level_and_refuses_bad_input(tmp_path, tin
     for bad in (["--levels", "1.0"], ["--data", str(tmp_path / "missing")]):
         result = _run(*common, *bad, script=script)
         assert result.returncode != 0 and "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_grid_check_reports_a_token_grid_per_folder(tmp_path):
+    clean, gridded = tmp_path / "clean", tmp_path / "gridded"
+    clean.mkdir()
+    gridded.mkdir()
+    for seed in range(2):
+        photo = np.asarray(random_photo(96, 128, seed=seed), dtype=np.float64)
+        PIL.Image.fromarray(photo.astype(np.uint8)).save(clean / f"p{seed}.png")
+        yy, xx = np.mgrid[0:96, 0:128]
+        lattice = 6.0 * (((yy % 4) == 0) | ((xx % 4) == 0))[..., None]
+        PIL.Image.fromarray(np.clip(photo + lattice, 0, 255).astype(np.uint8)).save(gridded / f"p{seed}.png")
+    script = RECIPE_DIR / "grid_check.py"
+    result = _run(str(clean), str(gridded), "--period", "4", script=script)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["folder"] for line in lines] == [str(clean), str(gridded)] and lines[0]["images"] == 2
+    assert lines[1]["grid_strength_mean"] > 3 * lines[0]["grid_strength_mean"]
+
+    result = _run(str(tmp_path / "missing"), script=script)
+    assert result.returncode != 0 and "error:" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_choose_start_scores_each_level_on_training_crops_and_picks_the_best(tmp_path, tiny_pipeline_dir):

@@ -91,6 +91,18 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         help="With rectification: share of the LQ-bridge rows starting at t = 1, on the LQ image itself.",
     )
     add("--min_timestep", type=float, default=0.02, help="Lowest start level t with rectification.")
+    add(
+        "--bridge_critic_max_timestep",
+        type=float,
+        default=0.1,
+        help="The critic reads LQ-bridge rows' clean estimates renoised to a level uniform in [0, this].",
+    )
+    add(
+        "--critic_patch_shift",
+        action="store_true",
+        help="Roll the critic's inputs by a random offset within one patch, so its tokens do not sit on the "
+        "generator's patch grid.",
+    )
     add("--reconstruction_loss", type=str, default="l2", choices=("l2", "l1"))
     add(
         "--zero_init_output",
@@ -124,6 +136,8 @@ def distillation_config(args: argparse.Namespace) -> DistillationConfig:
         lq_bridge_prob=args.lq_bridge_prob,
         lq_bridge_start_prob=args.lq_bridge_start_prob,
         min_timestep=args.min_timestep,
+        bridge_critic_max_timestep=args.bridge_critic_max_timestep,
+        critic_patch_shift=args.critic_patch_shift,
         reconstruction_loss=args.reconstruction_loss,
         adversarial_warmup_steps=args.adversarial_warmup_steps,
         flow_timestep_sampling=args.timestep_sampling,

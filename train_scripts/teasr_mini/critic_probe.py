@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/teasr_mini/train"))
     parser.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.1, 0.02], help="critic levels tau")
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--learning_rate", type=float, default=2e-4, help="AdamW learning rate of the heads")
     parser.add_argument("--min_crop_gradient", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -67,7 +68,7 @@ def main() -> None:
         )
         generator = torch.Generator().manual_seed(args.seed + 1)
         heads = CriticHeads(model.inner_dim, blocks)
-        optimizer = torch.optim.AdamW(heads.parameters(), lr=2e-4, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(heads.parameters(), lr=args.learning_rate, weight_decay=0.0)
         losses, started, epoch = [], time.time(), 0
         while len(losses) < args.steps:
             crops.set_epoch(epoch)
@@ -98,6 +99,7 @@ def main() -> None:
         line = {
             "tau": tau_value,
             "steps": args.steps,
+            "learning_rate": args.learning_rate,
             "hinge_first_quarter": round(float(np.mean(losses[:quarter])), 4),
             "hinge_last_quarter": round(float(np.mean(losses[-quarter:])), 4),
             "s": round(time.time() - started),
