@@ -58,6 +58,15 @@ def sampling_sigmas(num_inference_steps: int, start_timestep: float) -> list[flo
     return np.linspace(start_timestep, 0.0, num_inference_steps + 1)[:-1].tolist()
 
 
+# Qwen-Image's transformer was trained on its text encoder's states of the prompt wrapped in this chat template, with
+# the template's first 34 tokens (the system turn) dropped; a TEASR pipeline loaded from a Qwen-Image folder keeps it.
+QWEN_IMAGE_PROMPT_TEMPLATE = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
+    "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+)
+QWEN_IMAGE_PROMPT_TEMPLATE_DROP_TOKENS = 34
+
+
 class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
     r"""
     Any-step super-resolution: the low-quality image, resized to the output size, is encoded as `c`; sampling starts
@@ -83,6 +92,10 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         supported_starts (`list[str]`, *optional*): the starts the model was trained for (`None`: both). A model
             trained on one path only (e.g. teasr-mini: LQ-bridge rows and no flow rows, `["lq"]`) returns noise, not
             an upscale, from the other, so a call asking for it is refused.
+        prompt_template (`str`, *optional*): text the prompt is wrapped in (`{}` marks the prompt) before encoding;
+            `None`: the prompt as given. Set to Qwen-Image's chat template when loading a Qwen-Image folder.
+        prompt_template_drop_tokens (`int`, defaults to 0): leading tokens of the wrapped prompt whose states are
+            dropped (Qwen-Image: 34, its system turn).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -101,8 +114,16 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         default_start_timestep: float | None = None,
         default_start: str | None = None,
         supported_starts: list[str] | None = None,
+        prompt_template: str | None = None,
+        prompt_template_drop_tokens: int = 0,
     ):
         super().__init__()
+        if prompt_template is not None and "{}" not in prompt_template:
+            raise ValueError(f"`prompt_template` must contain '{{}}' where the prompt goes, got {prompt_template!r}.")
+        if not isinstance(prompt_template_drop_tokens, int) or prompt_template_drop_tokens < 0:
+            raise ValueError(
+                f"`prompt_template_drop_tokens` must be an integer >= 0, got {prompt_template_drop_tokens!r}."
+            )
         self.register_modules(
             transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer
         )
@@ -112,6 +133,8 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             default_start_timestep=default_start_timestep,
             default_start=default_start,
             supported_starts=list(supported_starts) if supported_starts is not None else None,
+            prompt_template=prompt_template,
+            prompt_template_drop_tokens=prompt_template_drop_tokens,
         )
         self._interrupt = False
 
@@ -166,17 +189,34 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
     def encode_prompt(
         self, prompt: str | list[str], device: torch.device, max_sequence_length: int = 512
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last hidden states of `text_encoder` for `prompt`, with their attention mask."""
+        """Last hidden states of `text_encoder` for `prompt`, with their attention mask.
+
+        With a `prompt_template` the prompt is wrapped in it first and the states of its first
+        `prompt_template_drop_tokens` tokens are dropped; each prompt keeps at most `max_sequence_length` tokens.
+        """
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("`prompt` needs a pipeline with `text_encoder` and `tokenizer`; pass `prompt_embeds`.")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        template = self.config.get("prompt_template")
+        drop = int(self.config.get("prompt_template_drop_tokens") or 0) if template else 0
+        texts = [template.format(text) for text in prompts] if template else prompts
         tokens = self.tokenizer(
-            prompts, padding=True, truncation=True, max_length=max_sequence_length, return_tensors="pt"
+            texts, padding=True, truncation=True, max_length=max_sequence_length + drop, return_tensors="pt"
         ).to(device)
         hidden = self.text_encoder(
             input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
         ).hidden_states[-1]
-        return hidden, tokens.attention_mask
+        if not drop:
+            return hidden, tokens.attention_mask
+        # Each row's real tokens (wherever the tokenizer pads), minus the template's leading ones, padded on the right.
+        rows = [states[mask.bool()][drop:] for states, mask in zip(hidden, tokens.attention_mask)]
+        length = max(1, max(len(row) for row in rows))
+        embeds = hidden.new_zeros(len(rows), length, hidden.shape[-1])
+        mask = tokens.attention_mask.new_zeros(len(rows), length)
+        for index, row in enumerate(rows):
+            embeds[index, : len(row)] = row
+            mask[index, : len(row)] = 1
+        return embeds, mask
 
     # ------------------------------------------------------------------ checks
     def check_inputs(
@@ -597,9 +637,15 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                 raise ValueError(f"{path}: model_index.json names no `{name}` component.")
             components[name] = _load_component(path, name, spec[1], torch_dtype)
         settings = set(inspect.signature(cls.__init__).parameters) - set(component_names) - {"self"}
+        if index.get("_class_name") == "QwenImagePipeline" and components.get("text_encoder") is not None:
+            # Qwen-Image's transformer knows its prompts only through this template.
+            components["prompt_template"] = QWEN_IMAGE_PROMPT_TEMPLATE
+            components["prompt_template_drop_tokens"] = QWEN_IMAGE_PROMPT_TEMPLATE_DROP_TOKENS
         for key, value in index.items():
             if key in settings:  # other entries (e.g. a Qwen-Image-Edit folder's `processor`) are not ours
-                components[key] = kwargs.pop(key, value)
+                components[key] = value
+        for key in settings & set(kwargs):
+            components[key] = kwargs.pop(key)
         if kwargs:
             raise ValueError(f"Unexpected arguments for TEASRPipeline.from_pretrained: {sorted(kwargs)}.")
         pipe = cls(**components)

@@ -3,6 +3,8 @@ saved into and loaded from a pipeline folder like Qwen-Image's."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from pipeline_teasr import TEASRPipeline
+from pipeline_teasr.pipeline_teasr import QWEN_IMAGE_PROMPT_TEMPLATE
 
 from .conftest import TINY_PIXEL_CONFIG, make_tiny_pipeline, random_photo
 
@@ -96,3 +99,56 @@ def test_prompt_errors_are_one_line(text_pipeline, tiny_pipeline):
         text_pipeline([image, image], prompt=["a cat"])
     with pytest.raises(ValueError, match="either `prompt` or `prompt_embeds`"):
         text_pipeline(image, prompt="a cat", prompt_embeds=torch.zeros(1, 2, TINY_PIXEL_CONFIG["joint_attention_dim"]))
+
+
+def _with_template(text_pipeline: TEASRPipeline, template: str | None, drop: int) -> TEASRPipeline:
+    return TEASRPipeline(
+        transformer=text_pipeline.transformer,
+        scheduler=text_pipeline.scheduler,
+        text_encoder=text_pipeline.text_encoder,
+        tokenizer=text_pipeline.tokenizer,
+        prompt_template=template,
+        prompt_template_drop_tokens=drop,
+    )
+
+
+def test_a_prompt_template_wraps_the_prompt_and_its_leading_tokens_are_dropped(text_pipeline, tmp_path):
+    cpu = torch.device("cpu")
+    pipe = _with_template(text_pipeline, "a photo of {}", 3)
+    embeds, mask = pipe.encode_prompt("sharp cat", cpu)
+    # By hand: the encoder's states of the whole wrapped text, minus the template's three leading tokens.
+    ids = text_pipeline.tokenizer("a photo of sharp cat", return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = text_pipeline.text_encoder(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(embeds, states[:, 3:])
+    assert mask.tolist() == [[1, 1]]
+    plain, _ = text_pipeline.encode_prompt("sharp cat", cpu)
+    assert (plain - embeds).abs().max() > 1e-4  # the template is read: a causal encoder's states depend on it
+
+    # In a batch, each prompt's states and mask are its own (padding after the dropped tokens, not before).
+    batch, batch_mask = pipe.encode_prompt(["cat", "sharp detailed blurry landscape"], cpu)
+    assert batch_mask.tolist() == [[1, 0, 0, 0], [1, 1, 1, 1]]
+    torch.testing.assert_close(batch[0, :1], pipe.encode_prompt("cat", cpu)[0][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        batch[1], pipe.encode_prompt("sharp detailed blurry landscape", cpu)[0][0], atol=1e-5, rtol=0
+    )
+
+    pipe.save_pretrained(tmp_path / "templated")
+    loaded = TEASRPipeline.from_pretrained(tmp_path / "templated")
+    assert (loaded.config.prompt_template, loaded.config.prompt_template_drop_tokens) == ("a photo of {}", 3)
+    with pytest.raises(ValueError, match="must contain"):
+        _with_template(text_pipeline, "no slot", 0)
+
+
+def test_a_qwen_image_folder_gets_qwen_image_prompt_template(text_pipeline, tmp_path):
+    text_pipeline.save_pretrained(tmp_path)
+    index_file = tmp_path / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index["_class_name"] = "QwenImagePipeline"  # as in Qwen/Qwen-Image's folder
+    for key in ("prompt_template", "prompt_template_drop_tokens"):
+        index.pop(key, None)
+    index_file.write_text(json.dumps(index))
+    loaded = TEASRPipeline.from_pretrained(tmp_path)
+    assert loaded.config.prompt_template == QWEN_IMAGE_PROMPT_TEMPLATE
+    assert loaded.config.prompt_template_drop_tokens == 34
+    assert QWEN_IMAGE_PROMPT_TEMPLATE.format("x").endswith("<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n")
