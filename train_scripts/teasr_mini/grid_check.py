@@ -5,7 +5,7 @@
     python train_scripts/teasr_mini/grid_check.py data/teasr_mini_r/heldout runs/grid/NAME/* --period 4
 
 `pipeline_teasr.metrics.grid_pattern_strength`: the spread of the high-pass luma's mean over the `period x period`
-pixel phases, relative to its std. Photos give about 0.005-0.015; a 1 % grid added to them gives 0.10-0.17. The
+pixel phases, relative to its std. Photos give about 0.004-0.025; a 1 % grid added to them 0.10-0.17. The
 period is the model's patch size in output pixels (teasr-mini: 4, its tiles start on multiples of 4). One JSON line
 per folder: the mean and the largest value over its PNG / JPEG images.
 """
