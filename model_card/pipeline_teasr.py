@@ -197,8 +197,8 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("`prompt` needs a pipeline with `text_encoder` and `tokenizer`; pass `prompt_embeds`.")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        template = self.config.get("prompt_template")
-        drop = int(self.config.get("prompt_template_drop_tokens") or 0) if template else 0
+        template = self.config.prompt_template
+        drop = self.config.prompt_template_drop_tokens if template else 0
         texts = [template.format(text) for text in prompts] if template else prompts
         tokens = self.tokenizer(
             texts, padding=True, truncation=True, max_length=max_sequence_length + drop, return_tensors="pt"

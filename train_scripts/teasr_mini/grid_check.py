@@ -7,7 +7,7 @@
 `pipeline_teasr.metrics.grid_pattern_strength`: the spread of the high-pass luma's mean over the `period x period`
 pixel phases, relative to its std. Photos give about 0.004-0.025; a 1 % grid added to them 0.10-0.17. The
 period is the model's patch size in output pixels (teasr-mini: 4, its tiles start on multiples of 4). One JSON line
-per folder: the mean and the largest value over its PNG / JPEG images.
+per folder: the mean and the largest value over its images.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_teasr.evaluation import load_rgb
+from pipeline_teasr.evaluation import EvaluationError, collect_images, load_rgb
 from pipeline_teasr.metrics import grid_pattern_strength
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def main() -> None:
@@ -30,10 +28,11 @@ def main() -> None:
     parser.add_argument("--period", type=int, default=4, help="the model's patch size in output pixels")
     args = parser.parse_args()
     for folder in args.folders:
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        if not files:
-            raise SystemExit(f"error: no PNG or JPEG images in {folder}")
-        values = [grid_pattern_strength(load_rgb(path), args.period) for path in files]
+        try:
+            files = collect_images(folder)
+        except EvaluationError as error:
+            raise SystemExit(f"error: {error}") from None
+        values = [grid_pattern_strength(load_rgb(path), args.period) for path in files.values()]
         line = {
             "folder": str(folder),
             "images": len(values),
