@@ -61,10 +61,11 @@ class TokenGridCNN(nn.Module):
 class OneJumpTransformer(nn.Module):
     """teasr-mini's transformer (with the LQ skip) used as a regressor: `c - u(c, c, t=1, s=0)`."""
 
-    def __init__(self, zero_output: bool = False, conv_channels: int = 0, conv_blocks: int = 0):
+    def __init__(self, zero_output: bool = False, conv_channels: int = 0, conv_blocks: int = 0, num_layers: int = 6):
         super().__init__()
+        config = {**SMALL_PIXEL_CONFIG, "num_layers": num_layers}
         self.transformer = TEASRTransformer2DModel(
-            **SMALL_PIXEL_CONFIG, lq_skip=True, conv_channels=conv_channels, conv_blocks=conv_blocks
+            **config, lq_skip=True, conv_channels=conv_channels, conv_blocks=conv_blocks
         )
         if zero_output:  # start from the bicubic input exactly (DiT's zero-initialised final layer)
             nn.init.zeros_(self.transformer.proj_out.weight)
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--zero_output", action="store_true", help="dit: zero-initialise the output projection")
     parser.add_argument("--conv_channels", type=int, default=0, help="dit: width of the token-grid conv path")
     parser.add_argument("--conv_blocks", type=int, default=0, help="dit: residual blocks of the token-grid conv path")
+    parser.add_argument("--num_layers", type=int, default=6, help="dit: transformer blocks")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -115,7 +117,7 @@ def main() -> None:
     degrade = RealWorldDegradation(DegradationConfig.light())
 
     model = {
-        "dit": lambda: OneJumpTransformer(args.zero_output, args.conv_channels, args.conv_blocks),
+        "dit": lambda: OneJumpTransformer(args.zero_output, args.conv_channels, args.conv_blocks, args.num_layers),
         "cnn": ResidualCNN,
         "hybrid": HybridRegressor,
         "tokcnn": lambda: TokenGridCNN(args.conv_channels or 96, args.conv_blocks or 6),
