@@ -97,6 +97,14 @@ def add_eval_parser(commands) -> None:
     add_sampling_arguments(parser)
     parser.add_argument("--baseline", nargs="+", default=[], choices=list(BASELINES), help="PIL resize baselines")
     parser.add_argument(
+        "--grid-period",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="score the `grid` metric (token-grid pattern strength) at this period; default: the model's token "
+        "period when a model runs; 0: off",
+    )
+    parser.add_argument(
         "--learned",
         nargs="*",
         default=list(LEARNED_METRICS),
@@ -300,6 +308,7 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
             tile_size=args.tile,
             tile_overlap=args.tile_overlap,
             baselines=args.baseline,
+            grid_period=args.grid_period,
             pred_label=args.label,
             learned=args.learned,
             device=str(device),

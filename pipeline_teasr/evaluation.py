@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from .metrics import FIDELITY_METRICS, LEARNED_METRICS, compute_metrics, learned_metric
+from .metrics import FIDELITY_METRICS, LEARNED_METRICS, compute_metrics, grid_pattern_strength, learned_metric
 
 __all__ = [
     "BASELINES",
@@ -64,6 +64,7 @@ METRIC_LABELS: dict[str, str] = {
     "ssim": "SSIM-Y",
     "gmsd": "GMSD",
     "hf_ratio": "HF ratio",
+    "grid": "Grid",
     "lpips": "LPIPS",
     "dists": "DISTS",
     "musiq": "MUSIQ",
@@ -76,6 +77,7 @@ HIGHER_IS_BETTER: dict[str, bool | None] = {
     "ssim": True,
     "gmsd": False,
     "hf_ratio": None,  # best near 1
+    "grid": False,  # the photos themselves sit near 0.01-0.03 at a 4-px period
     "lpips": False,
     "dists": False,
     "musiq": True,
@@ -362,6 +364,7 @@ def evaluate(
     tile_size: int | None = None,
     tile_overlap: int | None = None,
     baselines: Sequence[str] = (),
+    grid_period: int | None = None,
     pred_label: str | None = None,
     learned: Sequence[str] = tuple(LEARNED_METRICS),
     device: str = "cpu",
@@ -386,6 +389,10 @@ def evaluate(
             ``start_timestep``, `None`: the pipeline's defaults, ``tile_size``, ``tile_overlap`` and a
             ``torch.Generator`` seeded with ``seed``); ``model`` names it.
         baselines: any of ``bicubic``, ``lanczos`` (PIL resize of the LR image).
+        grid_period: also score every prediction with the no-reference ``grid`` metric
+            (:func:`~pipeline_teasr.metrics.grid_pattern_strength` at this period in output pixels): how much of its
+            detail repeats a patch-based model's token grid. ``None``: the model's token period (VAE factor x patch
+            size) when a model runs, else off; 0: off. ``nan`` for images under three periods on a side.
         learned: pyiqa metrics to try (see :data:`LEARNED_METRICS`); unavailable ones go to ``skipped``.
         device: where learned metrics run.
         save_dir: if given, predictions are written to ``save_dir/<method>/<stem>.png`` (and synthetic LR images
@@ -437,6 +444,10 @@ def evaluate(
         scale = 4
     if limit is not None and limit < 1:
         raise EvaluationError(f"--limit must be >= 1, got {limit}")
+    if grid_period is None:
+        grid_period = pipeline.grid_multiple if pipeline is not None and steps else 0
+    if grid_period == 1 or grid_period < 0:
+        raise EvaluationError(f"--grid-period must be 0 (off) or at least 2 pixels, got {grid_period}")
     if steps:
         try:
             start, start_timestep = pipeline.resolve_start(start, start_timestep)
@@ -471,6 +482,7 @@ def evaluate(
         raise EvaluationError("duplicate step counts or baselines")
 
     names = list(FIDELITY_METRICS)
+    no_reference = ["grid"] if grid_period else []
     skipped: dict[str, str] = {}
     save_root = Path(save_dir) if save_dir is not None else None
     mode = "pred" if not has_lr else "paired" if lr_dir is not None else "synthetic"
@@ -506,6 +518,8 @@ def evaluate(
                     values = compute_metrics(pred, target, crop_border=pair_scale, names=names)
                 except ValueError as error:  # e.g. too small for SSIM after the border crop
                     raise EvaluationError(f"{pair.name}: {error}") from None
+                if grid_period:
+                    values["grid"] = _grid_strength(pred, grid_period)
                 for metric in learned:
                     if metric in skipped:
                         continue
@@ -535,7 +549,7 @@ def evaluate(
     finally:
         bar.close()
 
-    evaluated = names + [m for m in learned if m not in skipped]
+    evaluated = names + no_reference + [m for m in learned if m not in skipped]
     # A learned metric that failed on a later image after succeeding earlier is dropped everywhere for consistency.
     results = []
     for method in methods:
@@ -591,6 +605,7 @@ def evaluate(
             "tile_overlap": tile_overlap if steps else None,
             "seed": seed,
             "baselines": list(baselines),
+            "grid_period": grid_period or None,
             "device": device,
             "y_channel": "BT.601 (MATLAB rgb2ycbcr), [16, 235]",
             "predictions": "8-bit RGB, as saved by `teasr upscale`",
@@ -601,6 +616,13 @@ def evaluate(
         "environment": _environment(device),
         "results": results,
     }
+
+
+def _grid_strength(pred: np.ndarray, period: int) -> float:
+    """``grid_pattern_strength`` of one prediction; ``nan`` when the image is too small for the period."""
+    if min(pred.shape[:2]) < 3 * period:
+        return float("nan")
+    return grid_pattern_strength(pred, period)
 
 
 def _predict(

@@ -20,7 +20,15 @@ from pipeline_teasr.evaluation import (
     render_markdown,
     synthesize_lr,
 )
-from pipeline_teasr.metrics import FIDELITY_METRICS, LEARNED_METRICS, gmsd, high_frequency_ratio, psnr_y, ssim_y
+from pipeline_teasr.metrics import (
+    FIDELITY_METRICS,
+    LEARNED_METRICS,
+    gmsd,
+    grid_pattern_strength,
+    high_frequency_ratio,
+    psnr_y,
+    ssim_y,
+)
 
 from .conftest import random_photo
 
@@ -96,6 +104,9 @@ def test_synthetic_eval_report_matches_metrics_and_pred_mode(hr_folder, tiny_pip
         if name in report["skipped"]:
             assert name in report["skipped"][name] and len(report["skipped"][name]) > len(name) + 2
     assert set(FIDELITY_METRICS) <= set(report["metrics"])
+    # a model ran, so every row is also scored for the model's token grid (VAE factor 1 x patch 2 here)
+    assert report["settings"]["grid_period"] == 2 and "grid" in report["metrics"]
+    assert report["higher_is_better"]["grid"] is False
 
     for result in report["results"]:
         assert RESULT_KEYS <= set(result) and result["num_images"] == 2
@@ -109,6 +120,7 @@ def test_synthetic_eval_report_matches_metrics_and_pred_mode(hr_folder, tiny_pip
                 "ssim": ssim_y(pred, gt, 4),
                 "gmsd": gmsd(pred, gt, 4),
                 "hf_ratio": high_frequency_ratio(pred, gt),
+                "grid": grid_pattern_strength(pred, 2),
             }
             for name, value in expected.items():
                 assert item["metrics"][name] == pytest.approx(value, rel=1e-12, abs=1e-12)
@@ -127,6 +139,7 @@ def test_synthetic_eval_report_matches_metrics_and_pred_mode(hr_folder, tiny_pip
     table = table_file.read_text()
     assert table == printed
     assert "| TEASR (2 steps) | 2 | 2 |" in table and "| Lanczos (PIL) |" in table and "PSNR-Y" in table
+    assert "Grid ↓" in table
 
     # --pred mode on the saved 1-step outputs reproduces the same numbers
     pred_report_file = tmp_path / "pred.json"
@@ -134,6 +147,7 @@ def test_synthetic_eval_report_matches_metrics_and_pred_mode(hr_folder, tiny_pip
     assert main([*argv, "--json", str(pred_report_file), "--quiet"]) == 0
     pred_report = json.loads(pred_report_file.read_text())
     assert pred_report["mode"] == "pred" and pred_report["model"] is None
+    assert "grid" not in pred_report["metrics"] and pred_report["settings"]["grid_period"] is None  # no model ran
     (scored,) = pred_report["results"]
     assert scored["kind"] == "pred" and scored["label"] == "teasr-1step"
     one_step = report["results"][0]
@@ -198,3 +212,20 @@ def test_folder_errors_are_one_line(tmp_path):
         collect_images(twins, "GT")
     with pytest.raises(EvaluationError, match="needs --scale"):
         evaluate(twins, pred_dir=twins, learned=[])
+
+
+def test_grid_metric_without_a_model_needs_a_period_and_skips_small_images(tmp_path, capsys):
+    gt_dir = tmp_path / "hr"
+    gt_dir.mkdir()
+    random_photo(48, 48, seed=5).save(gt_dir / "big.png")
+    random_photo(20, 20, seed=6).save(gt_dir / "small.png")
+    report = evaluate(gt_dir, degradation="bicubic", baselines=["bicubic"], grid_period=8, learned=[], progress=False)
+    (result,) = report["results"]
+    grid = {item["name"]: item["metrics"]["grid"] for item in result["images"]}
+    # 48 px holds 6 periods of 8 px: scored; 20 px holds 2.5: too small to tell a grid from content, so nan
+    assert 0.0 <= grid["big"] < 1.0 and math.isnan(grid["small"])
+    with pytest.raises(EvaluationError, match="--grid-period"):
+        evaluate(gt_dir, degradation="bicubic", baselines=["bicubic"], grid_period=1, learned=[], progress=False)
+    argv = ["eval", "--gt", str(gt_dir), "--degradation", "bicubic", "--baseline", "bicubic", "--grid-period", "1"]
+    assert main([*argv, "--quiet"]) != 0
+    assert "--grid-period must be 0 (off) or at least 2 pixels" in capsys.readouterr().err

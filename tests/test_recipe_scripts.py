@@ -178,3 +178,25 @@ def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_pac
     (plasma / "Kite" / "contents" / "images" / "2560x1600.jpg").unlink()
     with pytest.raises(SystemExit, match="missing Plasma photos"):
         prepare_data.build(tmp_path / "again", mate_dir=mate, plasma_dir=plasma)
+
+
+def test_report_tables_show_the_grid_column_and_tolerate_older_reports(tmp_path, tiny_pipeline_dir):
+    gt_dir, runs, out = tmp_path / "heldout", tmp_path / "eval", tmp_path / "docs"
+    gt_dir.mkdir()
+    runs.mkdir()
+    for seed in range(2):
+        random_photo(32, 32, seed=seed).save(gt_dir / f"photo{seed}.png")
+    pipe = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
+    kwargs = dict(degradation="light", pipeline=pipe, learned=[], progress=False, tile_size=16)
+    write_json(evaluate(gt_dir, steps=[1, 2], baselines=["bicubic", "lanczos"], **kwargs), runs / "teasr_light.json")
+    older = evaluate(gt_dir, steps=[1], **kwargs)
+    for row in older["results"]:  # as written before `teasr eval` scored the grid
+        del row["mean"]["grid"]
+    write_json(older, runs / "base_light.json")
+    result = _run("--runs", str(runs), "--out", str(out), script=RECIPE_DIR / "report.py")
+    assert result.returncode == 0, result.stderr
+    table = (out / "teasr_mini_tables.md").read_text()
+    assert "| method | steps | PSNR-Y | SSIM-Y | GMSD | HF ratio | grid | s / image |" in table
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
+    assert float(rows["Bicubic (PIL)"][7]) >= 0.0 and rows["flow-matching base (T = 1)"][7].strip() == "-"
+    assert (out / "teasr_mini_steps.png").stat().st_size > 0

@@ -1,9 +1,10 @@
-"""Turn teasr-mini evaluation JSONs (written by `teasr eval --json`) into docs/RESULTS.md and a quality-vs-steps plot.
+"""Turn teasr-mini evaluation JSONs (written by `teasr eval --json`) into docs tables and a quality-vs-steps plot.
 
 Usage:
     python train_scripts/teasr_mini/report.py --runs runs/teasr_mini/eval --out docs
 
-Every number in the outputs is read from the JSONs; nothing is typed in by hand.
+Writes `teasr_mini_tables.md` and `teasr_mini_steps.png` to --out (docs/RESULTS.md quotes the tables). Every number
+in the outputs is read from the JSONs; nothing is typed in by hand.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def collect(runs: Path) -> dict[str, dict[str, dict]]:
 
 
 def table(reports: dict[str, dict]) -> str:
-    lines = ["| method | steps | PSNR-Y | SSIM-Y | GMSD | HF ratio | s / image |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | steps | PSNR-Y | SSIM-Y | GMSD | HF ratio | grid | s / image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     baselines_done = False
     for model in MODEL_ORDER:
         if model not in reports:
@@ -68,9 +72,10 @@ def table(reports: dict[str, dict]) -> str:
             else:
                 name = MODEL_LABELS[model]
             mean = row["mean"]
+            grid = f"{mean['grid']:.3f}" if "grid" in mean else "-"  # reports written before `teasr eval` scored it
             lines.append(
                 f"| {name} | {row['steps'] or '-'} | {mean['psnr']:.2f} | {mean['ssim']:.4f} | {mean['gmsd']:.4f} "
-                f"| {mean['hf_ratio']:.3f} | {row['mean_seconds']:.2f} |"
+                f"| {mean['hf_ratio']:.3f} | {grid} | {row['mean_seconds']:.2f} |"
             )
         baselines_done = True
     return "\n".join(lines)
