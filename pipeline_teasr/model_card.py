@@ -282,9 +282,11 @@ def build_model_card(
             "PSNR and SSIM are computed on the Y channel (BT.601, MATLAB `rgb2ycbcr`) after cropping as many border "
             "pixels as the scale factor (the BasicSR convention); SSIM uses an 11x11 Gaussian window (sigma 1.5). "
             "GMSD (lower is better) uses the same crop; the HF ratio is the high-frequency energy of the output "
-            "relative to the ground truth (about 1 is best; blurry outputs score lower). LPIPS, DISTS, MUSIQ, "
-            "MANIQA, CLIPIQA and NIQE come from pyiqa when their weights are available locally. Model outputs are "
-            "scored as 8-bit images, exactly as `teasr upscale` writes them.",
+            "relative to the ground truth (about 1 is best; blurry outputs score lower). Grid (no reference, lower "
+            "is better) is how strongly the output's high-pass luma repeats with the model's token period (the "
+            "spread of its per-phase means over its std): a patch-grid artefact that photos barely have. LPIPS, "
+            "DISTS, MUSIQ, MANIQA, CLIPIQA and NIQE come from pyiqa when their weights are available locally. "
+            "Model outputs are scored as 8-bit images, exactly as `teasr upscale` writes them.",
             "",
             "## Training recipe",
             "",
