@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from .files import atomic_write
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 EXIT_BAD_INPUT = 2
@@ -203,22 +203,16 @@ def collect_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
 
 def save_atomically(image, path: Path) -> None:
     """Write `image` to `path` through a temporary file in the same folder, so no partial file is ever left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower() or ".png"
     if suffix in (".jpg", ".jpeg") and image.mode not in ("RGB", "L", "CMYK"):
         image = image.convert("RGB")
     elif image.mode == "CMYK" and suffix not in (".tif", ".tiff"):
         image = image.convert("RGB")
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    os.close(handle)
     try:
-        image.save(temporary)
-        os.replace(temporary, path)
+        with atomic_write(path, suffix=suffix) as temporary:
+            image.save(temporary)
     except (OSError, ValueError, KeyError) as error:
         raise CLIError(f"cannot write {path}: {error}") from None
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def run_upscale(args: argparse.Namespace) -> int:

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from .files import atomic_write
 from .metrics import FIDELITY_METRICS, LEARNED_METRICS, compute_metrics, grid_pattern_strength, learned_metric
 
 __all__ = [
@@ -186,40 +186,16 @@ def to_rgb_uint8(image: PIL.Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def file_mode() -> int:
-    """Permissions of a new regular file under the current umask (temporary files are created 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(handle)
-    try:
+    with atomic_write(path) as temporary:
         PIL.Image.fromarray(array).save(temporary)
-        os.chmod(temporary, file_mode())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``report`` as strict JSON (non-finite numbers become ``null``) through a temporary file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(_json_safe(report), stream, indent=2, allow_nan=False)
-            stream.write("\n")
-        os.chmod(temporary, file_mode())
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_write(path, suffix=".tmp") as temporary, open(temporary, "w", encoding="utf-8") as stream:
+        json.dump(_json_safe(report), stream, indent=2, allow_nan=False)
+        stream.write("\n")
 
 
 def _json_safe(value: Any) -> Any:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .evaluation import METRIC_LABELS, describe_dataset, file_mode, load_report, results_table
+from .evaluation import METRIC_LABELS, describe_dataset, load_report, results_table
+from .files import atomic_write
 
 __all__ = [
     "CITATION",
@@ -313,16 +313,8 @@ def write_model_card(card: ModelCard, path: str | os.PathLike) -> Path:
     target = Path(path)
     if target.is_dir():
         target = target / "README.md"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".README.", suffix=".md")
-    os.close(handle)
-    try:
+    with atomic_write(target) as temporary:
         card.save(temporary)
-        os.chmod(temporary, file_mode())
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return target
 
 

@@ -47,6 +47,21 @@ def test_single_file_upscaled(run_cli, tmp_path):
     assert "2 NFE" in out
 
 
+def test_output_is_readable_like_any_new_file_and_leaves_no_temporary(run_cli, tmp_path):
+    source = tmp_path / "photo.png"
+    random_photo(8, 8).save(source)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    previous = os.umask(0o022)
+    try:
+        code, _, err = run_cli(str(source), "-o", str(out_dir))
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    assert [p.name for p in out_dir.iterdir()] == ["photo.png"]
+    assert (out_dir / "photo.png").stat().st_mode & 0o777 == 0o644
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "I;16", "CMYK"])
 def test_modes_are_kept(run_cli, tmp_path, mode):
     source = tmp_path / ("in.jpg" if mode == "CMYK" else "in.png")
