@@ -35,6 +35,7 @@ from .losses import (
     flow_map_step,
     flow_matching_loss,
     generator_adversarial_loss,
+    gradient_loss,
     interpolate,
     jump_weight,
     reconstruction_loss,
@@ -173,6 +174,7 @@ class DistillationConfig:
     lambda_adv: float = 0.1
     lambda_critic: float = 1.0
     lambda_consistency: float = 0.0
+    lambda_gradient: float = 0.0
     rectification: bool = True
     reconstruction_only: bool = False
     anystep_prob: float = 0.5
@@ -201,7 +203,8 @@ class DistillationConfig:
             raise ValueError(
                 f"lq_anchor_max_timestep must lie in (min_timestep, 1], got {self.lq_anchor_max_timestep}."
             )
-        for name in ("lambda_flow", "lambda_rec", "lambda_adv", "lambda_critic", "lambda_consistency"):
+        weights = ("lambda_flow", "lambda_rec", "lambda_adv", "lambda_critic", "lambda_consistency", "lambda_gradient")
+        for name in weights:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
 
@@ -336,14 +339,12 @@ def self_adversarial_losses(
     z_s = interpolate(z0, path_end, s)
     weight = jump_weight(t, s, config.rectification, lq_anchored=anchored | bridge)
     # Bridge rows in velocity units (their exact average velocity is c - z0), the others on the state z_s.
-    loss_rec = reconstruction_loss(
-        torch.where(bridge_rows, u_gen, z_s_hat),
-        torch.where(bridge_rows, c - z0, z_s),
-        weight,
-        kind=config.reconstruction_loss,
-    )
-
+    rec_prediction = torch.where(bridge_rows, u_gen, z_s_hat)
+    rec_target = torch.where(bridge_rows, c - z0, z_s)
+    loss_rec = reconstruction_loss(rec_prediction, rec_target, weight, kind=config.reconstruction_loss)
     zero = z0.new_zeros((), dtype=torch.float32)
+    loss_grad = gradient_loss(rec_prediction, rec_target, weight) if config.lambda_gradient > 0 else zero
+
     loss_adv, loss_critic, loss_cons = zero, zero, zero
     logits_real_mean, logits_fake_mean = zero, zero
     if config.uses_critic:
@@ -400,6 +401,7 @@ def self_adversarial_losses(
     lambda_adv = config.adversarial_weight(step) if config.uses_critic else 0.0
     rest = (
         config.lambda_rec * loss_rec
+        + config.lambda_gradient * loss_grad
         + lambda_adv * loss_adv
         + config.lambda_critic * loss_critic
         + config.lambda_consistency * loss_cons
@@ -410,6 +412,7 @@ def self_adversarial_losses(
         "total": total.detach(),
         "flow": loss_flow.detach(),
         "rec": loss_rec.detach(),
+        "gradient": loss_grad.detach(),
         "adv": loss_adv.detach(),
         "critic": loss_critic.detach(),
         "consistency": loss_cons.detach(),

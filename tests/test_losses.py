@@ -30,6 +30,7 @@ from pipeline_teasr.losses import (
     flow_map_step,
     flow_matching_loss,
     generator_adversarial_loss,
+    gradient_loss,
     interpolate,
     jump_weight,
     reconstruction_loss,
@@ -39,7 +40,7 @@ from pipeline_teasr.losses import (
 
 from .conftest import TINY_PIXEL_CONFIG
 
-LOSS_TERMS = ("flow", "rec", "adv", "critic", "consistency")
+LOSS_TERMS = ("flow", "rec", "gradient", "adv", "critic", "consistency")
 
 
 @pytest.fixture(autouse=True)
@@ -124,6 +125,25 @@ def test_weighted_losses_and_jump_weight():
     torch.testing.assert_close(jump_weight(t, s, rectification=False), torch.ones(2))
     target_u = torch.randn(2, 3)
     assert consistency_loss(target_u, target_u) == 0
+
+
+def test_gradient_loss_weighs_edges_and_the_patch_grid_not_offsets():
+    edge = torch.zeros(2, 3, 16, 16)
+    edge[..., 8:] = 1.0
+    blurred = edge.clone()
+    blurred[..., 7:9] = 0.5
+    assert gradient_loss(edge, edge) == 0
+    assert gradient_loss(edge + 0.3, edge) == pytest.approx(0.0, abs=1e-7)  # a flat error is L1's business
+    assert gradient_loss(blurred, edge) > 0
+    grid = edge.clone()
+    grid[..., ::4, ::4] += 0.1  # a pattern on a 4-px token grid
+    assert gradient_loss(grid, edge) > gradient_loss(edge + 0.1, edge)
+    mixed = torch.cat([blurred[:1], grid[1:]])
+    per_row = torch.stack([gradient_loss(blurred[:1], edge[:1]), gradient_loss(grid[1:], edge[1:])])
+    weight = torch.tensor([2.0, 0.5])
+    torch.testing.assert_close(gradient_loss(mixed, edge, weight), (weight * per_row).mean())
+    with pytest.raises(ValueError, match="lambda_gradient"):
+        DistillationConfig(lambda_gradient=-1.0)
 
 
 def test_hinge_and_generator_terms():
@@ -359,11 +379,12 @@ def test_flow_matching_bridge_rows_end_at_the_lq_image():
     [
         ({}, {}),
         ({"lambda_consistency": 1.0}, {}),
+        ({"lambda_gradient": 1.0}, {}),
         ({"rectification": False}, {}),
         ({"reconstruction_only": True, "lambda_adv": 0.0}, {}),
         ({}, {"decoupled_timestep": False}),
     ],
-    ids=["default", "consistency", "no_rectification", "reconstruction_only", "coupled"],
+    ids=["default", "consistency", "gradient", "no_rectification", "reconstruction_only", "coupled"],
 )
 def test_every_loss_term_is_finite_and_trains(config_kwargs, model_kwargs):
     model = tiny_transformer(**model_kwargs)
@@ -377,6 +398,7 @@ def test_every_loss_term_is_finite_and_trains(config_kwargs, model_kwargs):
     assert losses["flow"] > 0 and losses["rec"] > 0
     assert (losses["critic"] > 0) == config.uses_critic
     assert (losses["consistency"] > 0) == (config.lambda_consistency > 0)
+    assert (losses["gradient"] > 0) == (config.lambda_gradient > 0)
     losses["loss"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     flow = flow_matching_losses(model, z0, c, torch.Generator().manual_seed(0))

@@ -47,6 +47,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     add("--lambda_critic", type=float, default=1.0, help="Weight of the critic heads' hinge loss.")
     add("--lambda_consistency", type=float, default=0.0, help="Weight of self-consistency (0 = off).")
     add(
+        "--lambda_gradient",
+        type=float,
+        default=0.0,
+        help="Weight of L_grad, the L1 error of neighbouring-pixel differences (edges, fine detail; 0 = off).",
+    )
+    add(
         "--no_rectification",
         action="store_true",
         help="Ablation: generate from t = 1 only and weight all jumps equally.",
@@ -127,6 +133,7 @@ def distillation_config(args: argparse.Namespace) -> DistillationConfig:
         lambda_adv=0.0 if args.reconstruction_only else args.lambda_adv,
         lambda_critic=args.lambda_critic,
         lambda_consistency=args.lambda_consistency,
+        lambda_gradient=args.lambda_gradient,
         rectification=not args.no_rectification,
         reconstruction_only=args.reconstruction_only,
         anystep_prob=args.anystep_prob,
