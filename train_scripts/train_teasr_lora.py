@@ -4,12 +4,14 @@
 
 Per step (see `pipeline_teasr.distillation.self_adversarial_losses` and the project brief):
   L = lambda_flow L_flow + lambda_rec L_rec + lambda_adv L_adv + lambda_critic L_critic + lambda_consistency L_cons
+      + lambda_gradient L_grad
 - L_flow: flow matching in the s = t mode keeps the diffusion prior (the model is its own teacher);
 - L_rec: || z_s_hat - z_s ||^2 for z_s_hat = z_t - (t - s) u(z_t, c, t, s), s = 0 (z0_hat) or random s < t;
 - self-critic: the same network in flow mode at tau in [s, t] reads real / fake samples (shared noise); tiny
   per-token heads on a few blocks' hidden states learn a hinge loss; the generator gets -mean(logit(fake)) through
   a pass with every backbone and head parameter frozen;
 - optional self-consistency (--lambda_consistency): the jump t -> s matches the stop-grad composition t -> m -> s;
+- optional edge loss (--lambda_gradient): L1 error of neighbouring-pixel differences of the L_rec rows;
 - timestep-aware rectification (on unless --no_rectification): t over the whole any-step range, tau <= t, and the
   reconstruction / adversarial terms weighted by the jump size t - s.
 Ablations: --coupled_timestep, --no_rectification, --reconstruction_only, --lambda_consistency 0/>0.
