@@ -41,6 +41,7 @@ from .losses import (
     reconstruction_loss,
     renoise,
     shift_within_patch,
+    spectral_loss,
 )
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ class DistillationConfig:
     lambda_critic: float = 1.0
     lambda_consistency: float = 0.0
     lambda_gradient: float = 0.0
+    lambda_spectral: float = 0.0
     rectification: bool = True
     reconstruction_only: bool = False
     anystep_prob: float = 0.5
@@ -203,8 +205,8 @@ class DistillationConfig:
             raise ValueError(
                 f"lq_anchor_max_timestep must lie in (min_timestep, 1], got {self.lq_anchor_max_timestep}."
             )
-        weights = ("lambda_flow", "lambda_rec", "lambda_adv", "lambda_critic", "lambda_consistency", "lambda_gradient")
-        for name in weights:
+        weights = ("lambda_flow", "lambda_rec", "lambda_adv", "lambda_critic", "lambda_consistency")
+        for name in (*weights, "lambda_gradient", "lambda_spectral"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
 
@@ -344,6 +346,12 @@ def self_adversarial_losses(
     loss_rec = reconstruction_loss(rec_prediction, rec_target, weight, kind=config.reconstruction_loss)
     zero = z0.new_zeros((), dtype=torch.float32)
     loss_grad = gradient_loss(rec_prediction, rec_target, weight) if config.lambda_gradient > 0 else zero
+    loss_spec = zero
+    if config.lambda_spectral > 0 and bool(bridge.any()):
+        # On the bridge the velocity is the same for every jump, so a row's clean image is `z_t - t u`; rows of the
+        # noise path have no such image (their target is the noisy z_s) and are left out.
+        clean_estimate = flow_map_step(z_t[bridge], u_gen[bridge], t[bridge], torch.zeros_like(t[bridge]))
+        loss_spec = spectral_loss(clean_estimate, z0[bridge]) * bridge.float().mean()
 
     loss_adv, loss_critic, loss_cons = zero, zero, zero
     logits_real_mean, logits_fake_mean = zero, zero
@@ -402,6 +410,7 @@ def self_adversarial_losses(
     rest = (
         config.lambda_rec * loss_rec
         + config.lambda_gradient * loss_grad
+        + config.lambda_spectral * loss_spec
         + lambda_adv * loss_adv
         + config.lambda_critic * loss_critic
         + config.lambda_consistency * loss_cons
@@ -413,6 +422,7 @@ def self_adversarial_losses(
         "flow": loss_flow.detach(),
         "rec": loss_rec.detach(),
         "gradient": loss_grad.detach(),
+        "spectral": loss_spec.detach(),
         "adv": loss_adv.detach(),
         "critic": loss_critic.detach(),
         "consistency": loss_cons.detach(),

@@ -36,11 +36,12 @@ from pipeline_teasr.losses import (
     reconstruction_loss,
     renoise,
     shift_within_patch,
+    spectral_loss,
 )
 
 from .conftest import TINY_PIXEL_CONFIG
 
-LOSS_TERMS = ("flow", "rec", "gradient", "adv", "critic", "consistency")
+LOSS_TERMS = ("flow", "rec", "gradient", "spectral", "adv", "critic", "consistency")
 
 
 @pytest.fixture(autouse=True)
@@ -144,6 +145,49 @@ def test_gradient_loss_weighs_edges_and_the_patch_grid_not_offsets():
     torch.testing.assert_close(gradient_loss(mixed, edge, weight), (weight * per_row).mean())
     with pytest.raises(ValueError, match="lambda_gradient"):
         DistillationConfig(lambda_gradient=-1.0)
+
+
+def test_spectral_loss_asks_for_detail_energy_wherever_it_is_drawn():
+    generator = torch.Generator().manual_seed(0)
+    texture = torch.rand(2, 3, 16, 16, generator=generator)
+    shifted = torch.roll(texture, shifts=(3, 5), dims=(-2, -1))  # the same detail, drawn elsewhere
+    blurred = (
+        texture + torch.roll(texture, 1, -1) + torch.roll(texture, 1, -2) + torch.roll(texture, (1, 1), (-2, -1))
+    ) / 4
+    assert spectral_loss(texture, texture) == 0
+    assert spectral_loss(shifted, texture) == pytest.approx(0.0, abs=1e-5)
+    assert reconstruction_loss(shifted, texture, kind="l1") > reconstruction_loss(blurred, texture, kind="l1")
+    assert spectral_loss(blurred, texture) > 0.01  # the blur a pixel loss prefers costs here
+    smooth = texture.mean(dim=(-2, -1), keepdim=True).expand_as(texture).clone()
+    grid = smooth.clone()
+    grid[..., ::4, ::4] += 0.2  # a pattern on a 4-px token grid, absent from the target
+    assert spectral_loss(grid, smooth) > spectral_loss(smooth + 0.2 / 16, smooth)
+    weight = torch.tensor([2.0, 0.5])
+    per_row = torch.stack([spectral_loss(blurred[:1], texture[:1]), spectral_loss(blurred[1:], texture[1:])])
+    torch.testing.assert_close(spectral_loss(blurred, texture, weight), (weight * per_row).mean())
+    with pytest.raises(ValueError, match="lambda_spectral"):
+        DistillationConfig(lambda_spectral=-1.0)
+
+
+def test_spectral_term_scores_the_lq_bridge_rows_clean_images():
+    """With every row on the bridge, L_spec is the spectral loss of `z_t - t u` (= c - u at t = 1) against z0."""
+    model = tiny_transformer()
+    z0, c = tiny_batch()
+    config = DistillationConfig(
+        reconstruction_only=True,
+        lambda_flow=0.0,
+        lq_bridge_prob=1.0,
+        lq_bridge_start_prob=1.0,
+        anystep_prob=0.0,
+        lambda_spectral=1.0,
+    )
+    losses = self_adversarial_losses(model, z0, c, config, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ones = torch.ones(z0.shape[0])
+        u = model(c, c, timestep=ones, target_timestep=torch.zeros_like(ones)).sample
+    torch.testing.assert_close(losses["spectral"], spectral_loss(c - u, z0), rtol=1e-4, atol=1e-6)
+    off = DistillationConfig(reconstruction_only=True, lambda_flow=0.0, lambda_spectral=1.0)  # no bridge rows
+    assert self_adversarial_losses(model, z0, c, off, torch.Generator().manual_seed(0))["spectral"] == 0
 
 
 def test_hinge_and_generator_terms():
@@ -380,11 +424,12 @@ def test_flow_matching_bridge_rows_end_at_the_lq_image():
         ({}, {}),
         ({"lambda_consistency": 1.0}, {}),
         ({"lambda_gradient": 1.0}, {}),
+        ({"lambda_spectral": 1.0, "lq_bridge_prob": 1.0}, {}),
         ({"rectification": False}, {}),
         ({"reconstruction_only": True, "lambda_adv": 0.0}, {}),
         ({}, {"decoupled_timestep": False}),
     ],
-    ids=["default", "consistency", "gradient", "no_rectification", "reconstruction_only", "coupled"],
+    ids=["default", "consistency", "gradient", "spectral", "no_rectification", "reconstruction_only", "coupled"],
 )
 def test_every_loss_term_is_finite_and_trains(config_kwargs, model_kwargs):
     model = tiny_transformer(**model_kwargs)
@@ -399,6 +444,7 @@ def test_every_loss_term_is_finite_and_trains(config_kwargs, model_kwargs):
     assert (losses["critic"] > 0) == config.uses_critic
     assert (losses["consistency"] > 0) == (config.lambda_consistency > 0)
     assert (losses["gradient"] > 0) == (config.lambda_gradient > 0)
+    assert (losses["spectral"] > 0) == (config.lambda_spectral > 0)
     losses["loss"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     flow = flow_matching_losses(model, z0, c, torch.Generator().manual_seed(0))

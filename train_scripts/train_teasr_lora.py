@@ -4,7 +4,7 @@
 
 Per step (see `pipeline_teasr.distillation.self_adversarial_losses` and the project brief):
   L = lambda_flow L_flow + lambda_rec L_rec + lambda_adv L_adv + lambda_critic L_critic + lambda_consistency L_cons
-      + lambda_gradient L_grad
+      + lambda_gradient L_grad + lambda_spectral L_spec
 - L_flow: flow matching in the s = t mode keeps the diffusion prior (the model is its own teacher);
 - L_rec: || z_s_hat - z_s ||^2 for z_s_hat = z_t - (t - s) u(z_t, c, t, s), s = 0 (z0_hat) or random s < t;
 - self-critic: the same network in flow mode at tau in [s, t] reads real / fake samples (shared noise); tiny
@@ -12,6 +12,8 @@ Per step (see `pipeline_teasr.distillation.self_adversarial_losses` and the proj
   a pass with every backbone and head parameter frozen;
 - optional self-consistency (--lambda_consistency): the jump t -> s matches the stop-grad composition t -> m -> s;
 - optional edge loss (--lambda_gradient): L1 error of neighbouring-pixel differences of the L_rec rows;
+- optional spectral loss (--lambda_spectral): L1 between the amplitude spectra of the LQ-bridge rows' clean images
+  and the HQ images (detail energy wherever it is drawn);
 - timestep-aware rectification (on unless --no_rectification): t over the whole any-step range, tau <= t, and the
   reconstruction / adversarial terms weighted by the jump size t - s.
 Ablations: --coupled_timestep, --no_rectification, --reconstruction_only, --lambda_consistency 0/>0.
@@ -53,6 +55,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="Weight of L_grad, the L1 error of neighbouring-pixel differences (edges, fine detail; 0 = off).",
+    )
+    add(
+        "--lambda_spectral",
+        type=float,
+        default=0.0,
+        help="Weight of L_spec, the L1 between amplitude spectra of the LQ-bridge rows' images and HQ (0 = off).",
     )
     add(
         "--no_rectification",
@@ -136,6 +144,7 @@ def distillation_config(args: argparse.Namespace) -> DistillationConfig:
         lambda_critic=args.lambda_critic,
         lambda_consistency=args.lambda_consistency,
         lambda_gradient=args.lambda_gradient,
+        lambda_spectral=args.lambda_spectral,
         rectification=not args.no_rectification,
         reconstruction_only=args.reconstruction_only,
         anystep_prob=args.anystep_prob,
