@@ -150,7 +150,7 @@ def test_report_builds_tables_and_plot_from_eval_jsons_only(tmp_path, tiny_pipel
     assert result.returncode != 0 and "no evaluation JSONs" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_packages(tmp_path):
+def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_packages(tmp_path, monkeypatch):
     sys.path.insert(0, str(RECIPE_DIR))
     try:
         import prepare_data
@@ -166,18 +166,34 @@ def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_pac
         folder = plasma / name / "contents" / "images"
         folder.mkdir(parents=True)
         random_photo(80, 128, seed=100 + seed).save(folder / "2560x1600.jpg")
+    lomiri = {package: tmp_path / package for package in prepare_data.LOMIRI_PHOTOS}
+    for package, names in prepare_data.LOMIRI_PHOTOS.items():
+        lomiri[package].mkdir()
+        for seed, name in enumerate(names):
+            random_photo(64, 96, seed=200 + seed).save(lomiri[package] / name)
+    monkeypatch.setattr(prepare_data, "MAX_TRAIN_SIDE", 48)  # the camera originals are brought down to this side
 
-    prepare_data.build(tmp_path / "out", mate_dir=mate, plasma_dir=plasma)
+    prepare_data.build(tmp_path / "out", mate_dir=mate, plasma_dir=plasma, lomiri_dirs=lomiri)
     train = sorted(path.name for path in (tmp_path / "out" / "train").iterdir())
-    assert len(train) == 3 * (10 + len(prepare_data.PLASMA_PHOTOS))
+    lomiri_count = sum(len(names) for names in prepare_data.LOMIRI_PHOTOS.values())
+    assert len(train) == 3 * (10 + len(prepare_data.PLASMA_PHOTOS) + lomiri_count) == 3 * 36
     assert "Photo0_25.png" in train and "plasma_Kite_50.png" in train and not any("LadyBird" in n for n in train)
+    assert "lomiri_Kleiber_100.png" in train and "lomiri_Picture_0B_25.png" in train
     assert PIL.Image.open(tmp_path / "out" / "train" / "plasma_Kite_25.png").size == (32, 20)
+    assert PIL.Image.open(tmp_path / "out" / "train" / "lomiri_Bridge_100.png").size == (48, 32)
+    assert PIL.Image.open(tmp_path / "out" / "train" / "lomiri_Bridge_50.png").size == (24, 16)
     heldout = sorted(path.name for path in (tmp_path / "out" / "heldout").iterdir())
     assert "mate_LadyBird.png" in heldout and "skimage_astronaut.png" in heldout and len(heldout) == 6
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest == {"train": train, "heldout": heldout}
 
     (plasma / "Kite" / "contents" / "images" / "2560x1600.jpg").unlink()
     with pytest.raises(SystemExit, match="missing Plasma photos"):
-        prepare_data.build(tmp_path / "again", mate_dir=mate, plasma_dir=plasma)
+        prepare_data.build(tmp_path / "again", mate_dir=mate, plasma_dir=plasma, lomiri_dirs=lomiri)
+    random_photo(80, 128, seed=0).save(plasma / "Kite" / "contents" / "images" / "2560x1600.jpg")
+    (lomiri["lomiri-wallpapers-20.04"] / "Kleiber_by_Lukas_Baubkus.jpg").unlink()
+    with pytest.raises(SystemExit, match="missing Lomiri photos"):
+        prepare_data.build(tmp_path / "again", mate_dir=mate, plasma_dir=plasma, lomiri_dirs=lomiri)
 
 
 def test_report_tables_show_the_grid_column_and_tolerate_older_reports(tmp_path, tiny_pipeline_dir):

@@ -1,8 +1,9 @@
 """Build the teasr-mini photo folders from photographs that Debian and scikit-image ship.
 
-train/   multi-scale PNG versions of 10 `mate-backgrounds` nature photos and of the 11 photographs among
-         `plasma-workspace-wallpapers` (Debian packages, fetched with apt-get; the Plasma ones add texture: wood,
-         pebbles, moss, forest, architecture, where most mate photos are bokeh and sky).
+train/   multi-scale PNG versions of 10 `mate-backgrounds` nature photos, of the 11 photographs among
+         `plasma-workspace-wallpapers` and of the 15 among `lomiri-wallpapers-16.04` / `-20.04` (Debian packages,
+         fetched with apt-get; Plasma and Lomiri add texture: wood, pebbles, moss, forest, rock, fur, brushes,
+         architecture, where most mate photos are bokeh and sky).
 heldout/ photos never used in training: scikit-image's astronaut, coffee, chelsea, rocket, plus two further
          mate-backgrounds photos, centre-cropped to 256 x 256 (HR ground truth for evaluation).
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import shutil
 import subprocess
 import tempfile
@@ -37,6 +39,30 @@ PLASMA_PHOTOS = (
     "Path",
     "summer_1am",
 )
+# The photographs of the Ubuntu Touch wallpaper packages (Ubuntu wallpaper-contest entries; the others are
+# graphics or, for Infinite-Sea, a composite), by package; all in usr/share/backgrounds.
+LOMIRI_PHOTOS = {
+    "lomiri-wallpapers-16.04": (
+        "Bridge_by_Sander_Klootwijk.jpg",
+        "Dragonfly_by_Bolly.jpg",
+        "Picture_0B_by_freespace.jpg",
+        "Picture_1A_by_freespace.jpg",
+        "Wine_by_Jakkub_Mede.jpg",
+        "aitzgorri_by_Aitzol_Berasategi.jpg",
+        "analogpattern_by_Peter_Nerlich.jpg",
+        "free_by_Peter_Nerlich.jpg",
+        "friends_by_Aitzol_Berasategi.jpg",
+        "greentock_by_Peter_Nerlich.jpg",
+        "life_by_Aitzol_Berasategi.jpg",
+        "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+        "seeding_by_Clements_Engelhardt.jpg",
+        "sunset_by_Aitzol_Berasategi.jpg",
+    ),
+    "lomiri-wallpapers-20.04": ("Kleiber_by_Lukas_Baubkus.jpg",),
+}
+# Phone and camera originals (up to 6028 px) are brought to the size of the other wallpapers before the scales,
+# so that every source contributes crops at comparable detail per pixel.
+MAX_TRAIN_SIDE = 2560
 HELDOUT_SKIMAGE = ("astronaut", "coffee", "chelsea", "rocket")
 TRAIN_SCALES = (1.0, 0.5, 0.25)
 HELDOUT_SIZE = 256
@@ -59,6 +85,23 @@ def plasma_photo_paths(plasma_dir: Path) -> list[Path]:
     return paths
 
 
+def lomiri_photo_paths(backgrounds: dict[str, Path]) -> list[Path]:
+    """The `LOMIRI_PHOTOS` files, given each package's unpacked `usr/share/backgrounds` folder."""
+    paths = [backgrounds[package] / name for package, names in LOMIRI_PHOTOS.items() for name in names]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise SystemExit(f"missing Lomiri photos (are the folders unpacked usr/share/backgrounds?): {missing}")
+    return paths
+
+
+def fit_long_side(image: PIL.Image.Image, max_side: int) -> PIL.Image.Image:
+    """`image` scaled down (Lanczos) so that its longer side is at most `max_side`; smaller images unchanged."""
+    factor = max_side / max(image.size)
+    if factor >= 1:
+        return image
+    return image.resize((round(image.width * factor), round(image.height * factor)), PIL.Image.Resampling.LANCZOS)
+
+
 def save_scales(image: PIL.Image.Image, folder: Path, stem: str) -> None:
     """Save `image` at each of `TRAIN_SCALES` (Lanczos), so crops see both fine and coarse structure."""
     for scale in TRAIN_SCALES:
@@ -72,7 +115,12 @@ def centre_crop(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def build(output_dir: Path, mate_dir: Path | None = None, plasma_dir: Path | None = None) -> None:
+def build(
+    output_dir: Path,
+    mate_dir: Path | None = None,
+    plasma_dir: Path | None = None,
+    lomiri_dirs: dict[str, Path] | None = None,
+) -> None:
     train_dir, heldout_dir = output_dir / "train", output_dir / "heldout"
     for folder in (train_dir, heldout_dir):
         shutil.rmtree(folder, ignore_errors=True)
@@ -82,6 +130,9 @@ def build(output_dir: Path, mate_dir: Path | None = None, plasma_dir: Path | Non
             mate_dir = fetch_debian_package("mate-backgrounds", Path(work)) / "usr/share/backgrounds/mate/nature"
         if plasma_dir is None:
             plasma_dir = fetch_debian_package("plasma-workspace-wallpapers", Path(work)) / "usr/share/wallpapers"
+        if lomiri_dirs is None:
+            lomiri_dirs = {package: fetch_debian_package(package, Path(work)) for package in LOMIRI_PHOTOS}
+            lomiri_dirs = {package: root / "usr/share/backgrounds" for package, root in lomiri_dirs.items()}
         photos = sorted(glob.glob(str(mate_dir / "*.jpg")))
         if len(photos) < 12:
             raise SystemExit(f"expected 12 mate-backgrounds nature photos in {mate_dir}, found {len(photos)}")
@@ -95,6 +146,9 @@ def build(output_dir: Path, mate_dir: Path | None = None, plasma_dir: Path | Non
             save_scales(image, train_dir, Path(name).stem)
         for path in plasma_photo_paths(plasma_dir):
             save_scales(PIL.Image.open(path).convert("RGB"), train_dir, f"plasma_{path.parents[2].name}")
+        for path in lomiri_photo_paths(lomiri_dirs):
+            image = fit_long_side(PIL.Image.open(path).convert("RGB"), MAX_TRAIN_SIDE)
+            save_scales(image, train_dir, f"lomiri_{path.stem.split('_by_')[0]}")
     import skimage.data
 
     for name in HELDOUT_SKIMAGE:
@@ -103,6 +157,9 @@ def build(output_dir: Path, mate_dir: Path | None = None, plasma_dir: Path | Non
         if min(image.size) > 2 * HELDOUT_SIZE:
             image = image.resize((image.width // 2, image.height // 2), PIL.Image.Resampling.LANCZOS)
         centre_crop(image, min(HELDOUT_SIZE, *image.size)).save(heldout_dir / f"skimage_{name}.png")
+    # Written last: the recipe rebuilds a data folder without it (an interrupted or older build).
+    manifest = {folder.name: sorted(path.name for path in folder.iterdir()) for folder in (train_dir, heldout_dir)}
+    (output_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"train: {len(list(train_dir.iterdir()))} images in {train_dir}")
     print(f"heldout: {len(list(heldout_dir.iterdir()))} images in {heldout_dir}")
 
@@ -114,8 +171,16 @@ def main() -> None:
     parser.add_argument(
         "--plasma_dir", type=Path, default=None, help="an unpacked plasma-workspace-wallpapers usr/share/wallpapers"
     )
+    parser.add_argument(
+        "--lomiri_dirs",
+        type=Path,
+        nargs=len(LOMIRI_PHOTOS),
+        default=None,
+        help=f"unpacked usr/share/backgrounds folders of {' and '.join(LOMIRI_PHOTOS)}, in that order",
+    )
     args = parser.parse_args()
-    build(args.output_dir, args.mate_dir, args.plasma_dir)
+    lomiri_dirs = dict(zip(LOMIRI_PHOTOS, args.lomiri_dirs)) if args.lomiri_dirs else None
+    build(args.output_dir, args.mate_dir, args.plasma_dir, lomiri_dirs)
 
 
 if __name__ == "__main__":

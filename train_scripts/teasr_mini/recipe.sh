@@ -17,16 +17,16 @@ DATA=${DATA:-data/teasr_mini}
 RUNS=${RUNS:-runs/teasr_mini}
 STAGES=${STAGES:-"data base distill choose ablations eval report export"}
 FLOW_STEPS=${FLOW_STEPS:-1500}
-DISTILL_STEPS=${DISTILL_STEPS:-3500}
+DISTILL_STEPS=${DISTILL_STEPS:-5000}
 ABLATION_STEPS=${ABLATION_STEPS:-500}
 # The transformer: 4x4 RGB patches, 2 dual-stream blocks (4 heads x 32), the LQ skip and the token-grid conv path
 # (128 channels x 8 residual blocks). Two blocks, not six: at this budget the conv path does the local restoration and
-# a thin transformer's steps cost half as much or less, so the recipe runs 3.5x as many
+# a thin transformer's steps cost half as much or less, so the recipe runs several times as many
 # (docs/RESULTS.md, "A thin transformer").
 MODEL_CONFIG=${MODEL_CONFIG:-'{"patch_size": 4, "in_channels": 48, "out_channels": 3, "num_layers": 2,
   "attention_head_dim": 32, "num_attention_heads": 4, "joint_attention_dim": 64, "axes_dims_rope": [8, 12, 12],
   "lq_skip": true, "conv_channels": 128, "conv_blocks": 8}'}
-# --cache_images: the 63 photos (300 MB decoded) are decoded once per process instead of for every crop (same crops).
+# --cache_images: the 108 training images (550 MB decoded) are decoded once per process instead of for every crop (same crops).
 COMMON="--train_data_dir $DATA/train --resolution 64 --scale 4 --degradation light --random_flip --seed 0
         --checkpointing_steps 50 --checkpoints_total_limit 2 --report_to tensorboard --lr_scheduler constant
         --cache_images"
@@ -58,7 +58,7 @@ ablations() {  # each variant and the run it is compared with: same base, same s
 }
 
 if has_stage data; then
-  [ -d "$DATA/train" ] || $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA"
+  [ -f "$DATA/manifest.json" ] || $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA"
 fi
 
 if has_stage base && [ ! -f "$RUNS/flow_base/model_index.json" ]; then
