@@ -189,7 +189,8 @@ def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_pac
 
     (plasma / "Kite" / "contents" / "images" / "2560x1600.jpg").unlink()
     with pytest.raises(SystemExit, match="missing Plasma photos"):
-        prepare_data.build(tmp_path / "again", mate_dir=mate, plasma_dir=plasma, lomiri_dirs=lomiri)
+        prepare_data.build(tmp_path / "out", mate_dir=mate, plasma_dir=plasma, lomiri_dirs=lomiri)
+    assert not (tmp_path / "out" / "manifest.json").exists()  # the failed rebuild is not mistaken for a finished one
     random_photo(80, 128, seed=0).save(plasma / "Kite" / "contents" / "images" / "2560x1600.jpg")
     (lomiri["lomiri-wallpapers-20.04"] / "Kleiber_by_Lukas_Baubkus.jpg").unlink()
     with pytest.raises(SystemExit, match="missing Lomiri photos"):

@@ -76,22 +76,24 @@ def fetch_debian_package(package: str, work: Path) -> Path:
     return work / package
 
 
+def require_files(paths: list[Path], problem: str) -> list[Path]:
+    """`paths`, or a one-line exit naming `problem` and the files that are not there."""
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise SystemExit(f"{problem}: {missing}")
+    return paths
+
+
 def plasma_photo_paths(plasma_dir: Path) -> list[Path]:
     """The 2560x1600 files of `PLASMA_PHOTOS` in an unpacked plasma-workspace-wallpapers `usr/share/wallpapers`."""
     paths = [plasma_dir / name / "contents" / "images" / "2560x1600.jpg" for name in PLASMA_PHOTOS]
-    missing = [str(path) for path in paths if not path.is_file()]
-    if missing:
-        raise SystemExit(f"missing Plasma photos (is {plasma_dir} an unpacked usr/share/wallpapers?): {missing}")
-    return paths
+    return require_files(paths, f"missing Plasma photos (is {plasma_dir} an unpacked usr/share/wallpapers?)")
 
 
 def lomiri_photo_paths(backgrounds: dict[str, Path]) -> list[Path]:
     """The `LOMIRI_PHOTOS` files, given each package's unpacked `usr/share/backgrounds` folder."""
     paths = [backgrounds[package] / name for package, names in LOMIRI_PHOTOS.items() for name in names]
-    missing = [str(path) for path in paths if not path.is_file()]
-    if missing:
-        raise SystemExit(f"missing Lomiri photos (are the folders unpacked usr/share/backgrounds?): {missing}")
-    return paths
+    return require_files(paths, "missing Lomiri photos (are the folders unpacked usr/share/backgrounds?)")
 
 
 def fit_long_side(image: PIL.Image.Image, max_side: int) -> PIL.Image.Image:
@@ -122,6 +124,9 @@ def build(
     lomiri_dirs: dict[str, Path] | None = None,
 ) -> None:
     train_dir, heldout_dir = output_dir / "train", output_dir / "heldout"
+    manifest_path = output_dir / "manifest.json"
+    # Removed first, so that a build that stops part-way leaves no manifest and the recipe builds again.
+    manifest_path.unlink(missing_ok=True)
     for folder in (train_dir, heldout_dir):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -131,8 +136,8 @@ def build(
         if plasma_dir is None:
             plasma_dir = fetch_debian_package("plasma-workspace-wallpapers", Path(work)) / "usr/share/wallpapers"
         if lomiri_dirs is None:
-            lomiri_dirs = {package: fetch_debian_package(package, Path(work)) for package in LOMIRI_PHOTOS}
-            lomiri_dirs = {package: root / "usr/share/backgrounds" for package, root in lomiri_dirs.items()}
+            backgrounds = "usr/share/backgrounds"
+            lomiri_dirs = {name: fetch_debian_package(name, Path(work)) / backgrounds for name in LOMIRI_PHOTOS}
         photos = sorted(glob.glob(str(mate_dir / "*.jpg")))
         if len(photos) < 12:
             raise SystemExit(f"expected 12 mate-backgrounds nature photos in {mate_dir}, found {len(photos)}")
@@ -159,9 +164,9 @@ def build(
         centre_crop(image, min(HELDOUT_SIZE, *image.size)).save(heldout_dir / f"skimage_{name}.png")
     # Written last: the recipe rebuilds a data folder without it (an interrupted or older build).
     manifest = {folder.name: sorted(path.name for path in folder.iterdir()) for folder in (train_dir, heldout_dir)}
-    (output_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"train: {len(list(train_dir.iterdir()))} images in {train_dir}")
-    print(f"heldout: {len(list(heldout_dir.iterdir()))} images in {heldout_dir}")
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    for folder in (train_dir, heldout_dir):
+        print(f"{folder.name}: {len(manifest[folder.name])} images in {folder}")
 
 
 def main() -> None:
