@@ -194,11 +194,22 @@ def collect_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
         target = Path(output)
         if target.is_dir():
             target = target / f"{Path(inputs[0]).stem}.png"
+        check_output_suffix(target)
         return [(Path(inputs[0]), target)]
     stems = [Path(name).stem for name in inputs]
     if len(set(stems)) != len(stems):
         raise CLIError("several inputs share a file name stem; their outputs would overwrite each other")
     return [(Path(name), Path(output) / f"{Path(name).stem}.png") for name in inputs]
+
+
+def check_output_suffix(path: Path) -> None:
+    """Refuse an output name Pillow cannot write before any work is done (no suffix means PNG)."""
+    import PIL.Image
+
+    PIL.Image.init()
+    suffix = path.suffix.lower()
+    if suffix and PIL.Image.registered_extensions().get(suffix) not in PIL.Image.SAVE:
+        raise CLIError(f"cannot write {path}: Pillow has no writer for {suffix!r} files; use .png, .jpg, .webp, .tif")
 
 
 def save_atomically(image, path: Path) -> None:

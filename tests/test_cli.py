@@ -248,6 +248,22 @@ def test_help_and_missing_inputs_answer_without_importing_torch(tmp_path):
     assert help_run.stdout.strip() == "False", help_run.stderr
 
 
+def test_an_output_name_pillow_cannot_write_is_refused_before_loading_the_model(tmp_path):
+    source = tmp_path / "in.png"
+    PIL.Image.new("RGB", (8, 8)).save(source)
+    target = tmp_path / "out.jpgg"
+    script = (
+        "import sys\n"
+        "from pipeline_teasr.cli import main\n"
+        "code = main(['upscale', sys.argv[1], '-o', sys.argv[2]])\n"
+        "print(code, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(source), str(target)], capture_output=True, text=True)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert result.stderr.strip().startswith(f"teasr: error: cannot write {target}: Pillow has no writer for '.jpgg'")
+    assert not target.exists()
+
+
 def test_huge_input_refused_above_the_output_cap(run_cli, tmp_path):
     source = tmp_path / "big.png"
     PIL.Image.new("RGB", (4000, 3000), (90, 120, 150)).save(source)

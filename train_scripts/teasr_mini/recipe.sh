@@ -19,6 +19,9 @@ STAGES=${STAGES:-"data base distill choose ablations eval report export"}
 FLOW_STEPS=${FLOW_STEPS:-1500}
 DISTILL_STEPS=${DISTILL_STEPS:-5000}
 ABLATION_STEPS=${ABLATION_STEPS:-500}
+# Extra train_teasr_lora.py flags for every distillation run (main and ablations), e.g. DISTILL_FLAGS="--lambda_spectral 0.3"
+# to try a loss variant with everything else as the recipe has it.
+DISTILL_FLAGS=${DISTILL_FLAGS:-}
 # The transformer: 4x4 RGB patches, 2 dual-stream blocks (4 heads x 32), the LQ skip and the token-grid conv path
 # (128 channels x 8 residual blocks). Two blocks, not six: at this budget the conv path does the local restoration and
 # a thin transformer's steps cost half as much or less, so the recipe runs several times as many
@@ -47,7 +50,7 @@ distil() {  # distil OUTPUT_DIR STEPS [extra flags...]: full fine-tune distillat
     $COMMON --train_batch_size 8 --learning_rate 2e-4 --lr_warmup_steps 0 --max_train_steps "$steps" \
     --checkpointing_steps 100 --lq_anchor_prob 0 --lq_bridge_prob 1 --lq_bridge_start_prob 0.75 --lambda_flow 0 \
     --reconstruction_loss l1 --zero_init_output --use_ema --ema_decay 0.99 --min_crop_gradient 0.01 \
-    --output_dir "$out" $(resume_flag "$out") "$@"
+    --output_dir "$out" $(resume_flag "$out") $DISTILL_FLAGS "$@"
 }
 
 ablations() {  # each variant and the run it is compared with: same base, same short schedule
