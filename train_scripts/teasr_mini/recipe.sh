@@ -19,8 +19,8 @@ STAGES=${STAGES:-"data base distill choose ablations eval report export"}
 FLOW_STEPS=${FLOW_STEPS:-1500}
 DISTILL_STEPS=${DISTILL_STEPS:-5000}
 ABLATION_STEPS=${ABLATION_STEPS:-500}
-# Extra train_teasr_lora.py flags for every distillation run (main and ablations), e.g. DISTILL_FLAGS="--lambda_spectral 0.3"
-# to try a loss variant with everything else as the recipe has it.
+# Extra train_teasr_lora.py flags for every distillation run (main and ablations), e.g.
+# DISTILL_FLAGS="--lambda_gradient 0.5", to try a loss variant with everything else as the recipe has it.
 DISTILL_FLAGS=${DISTILL_FLAGS:-}
 # The transformer: 4x4 RGB patches, 2 dual-stream blocks (4 heads x 32), the LQ skip and the token-grid conv path
 # (128 channels x 8 residual blocks). Two blocks, not six: at this budget the conv path does the local restoration and
@@ -41,7 +41,9 @@ distil() {  # distil OUTPUT_DIR STEPS [extra flags...]: full fine-tune distillat
   # Every generator row on the LQ bridge (three quarters at t = 1, where start="lq" begins), in velocity units with
   # an L1 loss; no flow rows (lambda_flow 0: they compete with the bridge for the shared weights, docs/RESULTS.md),
   # so the base's velocity head is zeroed and the LQ start begins as the bicubic upscale; EMA weights are shipped;
-  # flat crops (bokeh, sky: most of these wallpapers) are redrawn, so the model learns detail, not only denoising.
+  # flat crops (bokeh, sky: most of these wallpapers) are redrawn, so the model learns detail, not only denoising;
+  # a small amplitude-spectrum loss (--lambda_spectral 0.3) asks for the truth's detail energy without asking where
+  # it lies (docs/RESULTS.md, "A spectral loss").
   local out=$1 steps=$2
   shift 2
   [ -f "$out/model_index.json" ] && return 0
@@ -49,8 +51,8 @@ distil() {  # distil OUTPUT_DIR STEPS [extra flags...]: full fine-tune distillat
   $ACCELERATE train_scripts/train_teasr_lora.py --pretrained_model_name_or_path "$RUNS/flow_base" --full_finetune \
     $COMMON --train_batch_size 8 --learning_rate 2e-4 --lr_warmup_steps 0 --max_train_steps "$steps" \
     --checkpointing_steps 100 --lq_anchor_prob 0 --lq_bridge_prob 1 --lq_bridge_start_prob 0.75 --lambda_flow 0 \
-    --reconstruction_loss l1 --zero_init_output --use_ema --ema_decay 0.99 --min_crop_gradient 0.01 \
-    --output_dir "$out" $(resume_flag "$out") $DISTILL_FLAGS "$@"
+    --reconstruction_loss l1 --lambda_spectral 0.3 --zero_init_output --use_ema --ema_decay 0.99 \
+    --min_crop_gradient 0.01 --output_dir "$out" $(resume_flag "$out") $DISTILL_FLAGS "$@"
 }
 
 ablations() {  # each variant and the run it is compared with: same base, same short schedule
@@ -103,7 +105,7 @@ if [ "$START" = lq ]; then START_MODE=lq START_T=1.0; else START_MODE=noise STAR
 
 if has_stage eval; then
   # The distilled model on both protocols at 1/2/4/8 steps with the baselines; the flow base (at its own start
-  # level, T = 1) and the 1-step ablations on the training degradation family.
+  # level, T = 1) and the ablations, also at 1/2/4/8 steps, on the training degradation family.
   mkdir -p "$RUNS/eval"
   ev() {  # ev NAME PROTOCOL FOLDER STEPS START_MODE START_LEVEL [extra flags...]
     local name=$1 protocol=$2 folder=$3 steps=$4 mode=$5 level=$6
@@ -118,7 +120,7 @@ if has_stage eval; then
   ev teasr bicubic "$RUNS/teasr" "1 2 4 8" "$START_MODE" "$START_T" --baseline bicubic lanczos
   ev base light "$RUNS/flow_base" "1 2 4 8" noise 1.0
   for model in teasr_short coupled no_rect critic; do
-    [ -f "$RUNS/$model/model_index.json" ] && ev "$model" light "$RUNS/$model" 1 "$START_MODE" "$START_T"
+    [ -f "$RUNS/$model/model_index.json" ] && ev "$model" light "$RUNS/$model" "1 2 4 8" "$START_MODE" "$START_T"
   done
 fi
 
