@@ -206,7 +206,6 @@ def check_output_suffix(path: Path) -> None:
     """Refuse an output name Pillow cannot write before any work is done (no suffix means PNG)."""
     import PIL.Image
 
-    PIL.Image.init()
     suffix = path.suffix.lower()
     if suffix and PIL.Image.registered_extensions().get(suffix) not in PIL.Image.SAVE:
         raise CLIError(f"cannot write {path}: Pillow has no writer for {suffix!r} files; use .png, .jpg, .webp, .tif")
