@@ -1,5 +1,5 @@
 # Copyright 2026 The TEASR authors. Licensed under the Apache License, Version 2.0.
-"""Image input/output for TEASR: modes, alpha, 16-bit, colour fix.
+"""Image input/output for TEASR: modes, alpha, 16-bit, ICC colour profiles, colour fix.
 
 A leaf module: exported Hub folders carry a copy."""
 
@@ -25,6 +25,7 @@ class DecomposedImage:
     rgb: torch.Tensor  # (1, 3, H, W) float32 in [0, 1]
     alpha: torch.Tensor | None  # (1, 1, H, W) float32 in [0, 1]
     mode: str | None  # PIL mode to restore on output, None for array inputs
+    icc_profile: bytes | None = None  # the input's ICC profile: the model keeps the pixel values' colour space
 
     @property
     def size(self) -> tuple[int, int]:
@@ -58,6 +59,38 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> PIL.Im
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image {name} has zero size")
     return image
+
+
+# The ICC colour space (header bytes 16-20) that describes each PIL mode's pixel values.
+_MODE_COLOR_SPACES = {
+    "RGB": "RGB", "RGBA": "RGB", "P": "RGB", "PA": "RGB",
+    "L": "GRAY", "LA": "GRAY", "1": "GRAY", "I": "GRAY", "I;16": "GRAY", "F": "GRAY",
+    "CMYK": "CMYK",
+}  # fmt: skip
+
+
+def icc_color_space(profile: bytes) -> str | None:
+    """The colour space an ICC profile describes ("RGB", "GRAY", "CMYK", ...), or None if it is not a profile."""
+    if len(profile) < 128 or profile[36:40] != b"acsp":
+        return None
+    return profile[16:20].decode("latin-1").strip()
+
+
+def with_icc_profile(image: PIL.Image.Image, profile: bytes | None) -> PIL.Image.Image:
+    """Attach `profile` to `image.info` when it describes the colour space of the image's mode; drop it otherwise.
+
+    Savers embed `info["icc_profile"]`, so an upscaled Display P3 or Adobe RGB photo keeps its colours instead of
+    being read as sRGB; a profile of another colour space (a CMYK profile on an RGB image) would be wrong, not kept.
+    """
+    image.info.pop("icc_profile", None)
+    if profile and icc_color_space(profile) == _MODE_COLOR_SPACES.get(image.mode):
+        image.info["icc_profile"] = profile
+    return image
+
+
+def convert_mode(image: PIL.Image.Image, mode: str) -> PIL.Image.Image:
+    """`image.convert(mode)`, keeping the ICC profile only where it still describes the converted pixels."""
+    return with_icc_profile(image.convert(mode), image.info.get("icc_profile"))
 
 
 def _pil_to_arrays(image: PIL.Image.Image) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -122,7 +155,7 @@ def decompose_image(image: ImageInput) -> DecomposedImage:
         rgb, alpha, mode = _pil_to_arrays(image)
         rgb_tensor = torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)[None]
         alpha_tensor = None if alpha is None else torch.from_numpy(alpha.astype(np.float32))[None, None]
-        return DecomposedImage(rgb_tensor, alpha_tensor, mode)
+        return DecomposedImage(rgb_tensor, alpha_tensor, mode, image.info.get("icc_profile") or None)
     if isinstance(image, (np.ndarray, torch.Tensor)):
         tensor = _array_to_float(image)
         channels = tensor.shape[1]
@@ -143,8 +176,15 @@ def resize(images: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -
     return out.clamp(0.0, 1.0)
 
 
-def recompose_image(rgb: torch.Tensor, alpha: torch.Tensor | None, mode: str | None) -> PIL.Image.Image:
-    """(1, 3, H, W) RGB in [0, 1] (+ upscaled alpha) -> PIL image in the input's mode."""
+def recompose_image(
+    rgb: torch.Tensor, alpha: torch.Tensor | None, mode: str | None, icc_profile: bytes | None = None
+) -> PIL.Image.Image:
+    """(1, 3, H, W) RGB in [0, 1] (+ upscaled alpha) -> PIL image in the input's mode, with the input's ICC profile
+    in `info` where it fits that mode (see `with_icc_profile`)."""
+    return with_icc_profile(_recompose_pixels(rgb, alpha, mode), icc_profile)
+
+
+def _recompose_pixels(rgb: torch.Tensor, alpha: torch.Tensor | None, mode: str | None) -> PIL.Image.Image:
     array = rgb[0].permute(1, 2, 0).float().cpu().numpy()
     if mode in ("I;16", "L", "F", "1", "I"):
         gray = array @ np.array([0.299, 0.587, 0.114])

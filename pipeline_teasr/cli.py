@@ -213,14 +213,18 @@ def check_output_suffix(path: Path) -> None:
 
 def save_atomically(image, path: Path) -> None:
     """Write `image` to `path` through a temporary file in the same folder, so no partial file is ever left."""
+    from .image_processing_teasr import convert_mode
+
     suffix = path.suffix.lower() or ".png"
     if suffix in (".jpg", ".jpeg") and image.mode not in ("RGB", "L", "CMYK"):
-        image = image.convert("RGB")
+        image = convert_mode(image, "RGB")
     elif image.mode == "CMYK" and suffix not in (".tif", ".tiff"):
-        image = image.convert("RGB")
+        image = convert_mode(image, "RGB")
+    # Passed explicitly: JPEG and PNG embed `info["icc_profile"]` on their own, WebP only when told.
+    profile = {"icc_profile": image.info["icc_profile"]} if image.info.get("icc_profile") else {}
     try:
         with atomic_write(path, suffix=suffix) as temporary:
-            image.save(temporary)
+            image.save(temporary, **profile)
     except (OSError, ValueError, KeyError) as error:
         raise CLIError(f"cannot write {path}: {error}") from None
 

@@ -576,7 +576,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         if output_type == "np":
             return pixels.permute(0, 2, 3, 1).numpy(), nfe
         alpha = None if item.alpha is None else resize(item.alpha, size)
-        return recompose_image(pixels, alpha, item.mode), nfe
+        return recompose_image(pixels, alpha, item.mode, item.icc_profile), nfe
 
     def _plan_tiles(self, latent_size, tile_size: int | None, tile_overlap: int | None):
         height, width = int(latent_size[0]), int(latent_size[1])

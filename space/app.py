@@ -40,7 +40,14 @@ import torch
 
 from pipeline_teasr import TEASRPipeline
 from pipeline_teasr.cli import IMAGE_SUFFIXES, CLIError, load_pipeline
-from pipeline_teasr.image_processing_teasr import decompose_image, load_image, recompose_image, resize
+from pipeline_teasr.image_processing_teasr import (
+    convert_mode,
+    decompose_image,
+    load_image,
+    recompose_image,
+    resize,
+    with_icc_profile,
+)
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES_DIR = HERE / "examples"
@@ -244,15 +251,16 @@ def png_ready(image: PIL.Image.Image) -> PIL.Image.Image:
     if image.mode in PNG_MODES:
         return image
     if image.mode == "F":
-        return PIL.Image.fromarray(np.round(np.clip(np.asarray(image), 0.0, 1.0) * 65535.0).astype(np.uint16))
-    return image.convert("RGBA" if image.mode.endswith("A") else "RGB")
+        sixteen_bit = PIL.Image.fromarray(np.round(np.clip(np.asarray(image), 0.0, 1.0) * 65535.0).astype(np.uint16))
+        return with_icc_profile(sixteen_bit, image.info.get("icc_profile"))
+    return convert_mode(image, "RGBA" if image.mode.endswith("A") else "RGB")
 
 
 def bicubic_preview(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image.Image:
     """The input resized to the output size the way the pipeline resizes its condition: the slider's "before"."""
     parts = decompose_image(image)
     alpha = None if parts.alpha is None else resize(parts.alpha, size)
-    return recompose_image(resize(parts.rgb, size), alpha, parts.mode)
+    return recompose_image(resize(parts.rgb, size), alpha, parts.mode, parts.icc_profile)
 
 
 def file_stem(name: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -62,3 +64,14 @@ def random_photo(height: int, width: int, mode: str = "RGB", seed: int = 0) -> P
     if mode == "I;16":
         return PIL.Image.fromarray((np.clip(base[..., 0], 0, 1) * 65535).astype(np.uint16))
     return rgb.convert(mode)
+
+
+@functools.cache
+def icc_profile(color_space: str = "RGB") -> bytes:
+    """A real sRGB ICC profile, its header's colour-space field rewritten for "GRAY" or "CMYK" (enough for code that
+    routes profiles by colour space; no colour management reads these in the tests). Cached: a new profile's header
+    holds its creation time."""
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return profile[:16] + f"{color_space:<4}".encode("latin-1") + profile[20:]

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline_teasr.cli import main
 
-from .conftest import random_photo
+from .conftest import icc_profile, random_photo
 
 
 @pytest.fixture()
@@ -81,6 +81,23 @@ def test_exif_orientation_applied(run_cli, tmp_path):
     code, _, err = run_cli(str(tmp_path / "rotated.jpg"), "-o", str(tmp_path / "out.png"))
     assert code == 0, err
     assert PIL.Image.open(tmp_path / "out.png").size == (32, 64)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif"])
+def test_the_photo_icc_profile_is_written_with_the_output(run_cli, tmp_path, suffix):
+    # A wide-gamut phone photo (Display P3, Adobe RGB) upscaled without its profile would show dull colours.
+    random_photo(8, 8).save(tmp_path / "photo.jpg", icc_profile=icc_profile("RGB"))
+    code, _, err = run_cli(str(tmp_path / "photo.jpg"), "-o", str(tmp_path / f"out{suffix}"))
+    assert code == 0, err
+    assert PIL.Image.open(tmp_path / f"out{suffix}").info.get("icc_profile") == icc_profile("RGB")
+
+
+def test_a_cmyk_profile_is_not_put_on_an_rgb_output(run_cli, tmp_path):
+    random_photo(8, 8, mode="CMYK").save(tmp_path / "print.jpg", icc_profile=icc_profile("CMYK"))
+    code, _, err = run_cli(str(tmp_path / "print.jpg"), "-o", str(tmp_path / "out.png"))
+    assert code == 0, err
+    out = PIL.Image.open(tmp_path / "out.png")
+    assert out.mode == "RGB" and "icc_profile" not in out.info
 
 
 def test_animated_gif_uses_first_frame_and_non_ascii_names(run_cli, tmp_path):

@@ -15,7 +15,7 @@ import torch
 
 from pipeline_teasr import TEASRPipeline
 
-from .conftest import random_photo
+from .conftest import icc_profile, random_photo
 
 
 def _run(pipe, image, seed=0, **kwargs):
@@ -170,6 +170,21 @@ def test_modes_are_kept(tiny_pipeline, mode):
     out = _run(tiny_pipeline, image).images[0]
     assert out.mode == mode
     assert out.size == (44, 36)
+
+
+@pytest.mark.parametrize(
+    "mode, space, kept",
+    [("RGB", "RGB", True), ("RGBA", "RGB", True), ("P", "RGB", True), ("L", "GRAY", True), ("L", "RGB", False),
+     ("RGB", "CMYK", False)],
+)  # fmt: skip
+def test_the_input_icc_profile_is_carried_where_it_fits_the_output(tiny_pipeline, mode, space, kept):
+    # The model keeps pixel values in the input's colour space (a Display P3 photo stays P3), so the output needs the
+    # input's profile to display right; a profile of another colour space would be wrong and is dropped.
+    image = random_photo(9, 11, mode=mode)
+    image.info["icc_profile"] = icc_profile(space)
+    out = _run(tiny_pipeline, image).images[0]
+    assert out.info.get("icc_profile") == (icc_profile(space) if kept else None)
+    assert "icc_profile" not in _run(tiny_pipeline, np.asarray(random_photo(9, 11))).images[0].info
 
 
 def test_alpha_is_upscaled_separately(tiny_pipeline):

@@ -26,7 +26,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
 
-from .conftest import make_tiny_pipeline, random_photo
+from .conftest import icc_profile, make_tiny_pipeline, random_photo
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "space" / "app.py"
@@ -235,14 +235,21 @@ def test_bad_inputs_are_rejected_friendly_and_the_app_lives_on(
         assert image.size == (32, 32)
 
 
-def test_alpha_16_bit_and_cmyk_inputs_come_back_as_png(client: Client, tmp_path: Path) -> None:
-    cases = {"rgba.png": ("RGBA", "RGBA"), "gray16.png": ("I;16", "I;16"), "cmyk.jpg": ("CMYK", "RGB")}
-    for name, (mode, expected_mode) in cases.items():
+def test_alpha_16_bit_cmyk_and_wide_gamut_inputs_come_back_as_png(client: Client, tmp_path: Path) -> None:
+    # name: (mode, ICC profile's colour space, output mode, whether the output carries the input's profile)
+    cases = {
+        "rgba.png": ("RGBA", None, "RGBA", False),
+        "gray16.png": ("I;16", None, "I;16", False),
+        "cmyk.jpg": ("CMYK", "CMYK", "RGB", False),  # a CMYK profile does not describe the RGB output
+        "p3.jpg": ("RGB", "RGB", "RGB", True),
+    }
+    for name, (mode, space, expected_mode, keeps_profile) in cases.items():
         path = tmp_path / name
-        random_photo(12, 10, mode=mode).save(path)
+        random_photo(12, 10, mode=mode).save(path, **({"icc_profile": icc_profile(space)} if space else {}))
         result = client.predict(handle_file(str(path)), 1, 2, 1.0, 0, api_name="/upscale")
         with PIL.Image.open(result) as image:
             assert (image.format, image.mode, image.size) == ("PNG", expected_mode, (20, 24)), name
+            assert image.info.get("icc_profile") == (icc_profile(space) if keeps_profile else None), name
 
 
 def test_compare_steps_api(client: Client, tmp_path: Path) -> None:
