@@ -1,15 +1,17 @@
 # Copyright 2026 The TEASR authors. Licensed under the Apache License, Version 2.0.
-"""Image input/output for TEASR: modes, alpha, 16-bit, ICC colour profiles, colour fix.
+"""Image input/output for TEASR: modes, alpha, 16-bit, ICC colour profiles, EXIF, colour fix.
 
 A leaf module: exported Hub folders carry a copy."""
 
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import PIL.ExifTags
 import PIL.Image
 import PIL.ImageOps
 import torch
@@ -91,6 +93,25 @@ def with_icc_profile(image: PIL.Image.Image, profile: bytes | None) -> PIL.Image
 def convert_mode(image: PIL.Image.Image, mode: str) -> PIL.Image.Image:
     """`image.convert(mode)`, keeping the ICC profile only where it still describes the converted pixels."""
     return with_icc_profile(image.convert(mode), image.info.get("icc_profile"))
+
+
+def resized_exif(exif: bytes | None, size: tuple[int, int]) -> bytes | None:
+    """A photo's EXIF block (camera, date taken, ...) for its upscaled copy, its pixel-size tags set to `size`
+    (width, height); None when there is none or it cannot be parsed: metadata never fails an upscale.
+
+    `load_image` has already removed the orientation tag it applied, so the copy is not rotated a second time."""
+    if not exif:
+        return None
+    try:
+        parsed = PIL.Image.Exif()
+        parsed.load(exif)
+        details = parsed.get_ifd(PIL.ExifTags.IFD.Exif)
+        width_tag, height_tag = PIL.ExifTags.Base.ExifImageWidth, PIL.ExifTags.Base.ExifImageHeight
+        if width_tag in details or height_tag in details:
+            details[width_tag], details[height_tag] = size
+        return parsed.tobytes()
+    except (ValueError, TypeError, KeyError, OSError, SyntaxError, struct.error):
+        return None
 
 
 def _pil_to_arrays(image: PIL.Image.Image) -> tuple[np.ndarray, np.ndarray | None, str]:

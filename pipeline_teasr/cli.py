@@ -211,8 +211,9 @@ def check_output_suffix(path: Path) -> None:
         raise CLIError(f"cannot write {path}: Pillow has no writer for {suffix!r} files; use .png, .jpg, .webp, .tif")
 
 
-def save_atomically(image, path: Path) -> None:
-    """Write `image` to `path` through a temporary file in the same folder, so no partial file is ever left."""
+def save_atomically(image, path: Path, exif: bytes | None = None) -> None:
+    """Write `image` (with `exif`, if given) to `path` through a temporary file in the same folder, so no partial
+    file is ever left."""
     from .image_processing_teasr import convert_mode
 
     suffix = path.suffix.lower() or ".png"
@@ -221,10 +222,12 @@ def save_atomically(image, path: Path) -> None:
     elif image.mode == "CMYK" and suffix not in (".tif", ".tiff"):
         image = convert_mode(image, "RGB")
     # Passed explicitly: JPEG and PNG embed `info["icc_profile"]` on their own, WebP only when told.
-    profile = {"icc_profile": image.info["icc_profile"]} if image.info.get("icc_profile") else {}
+    metadata = {"icc_profile": image.info["icc_profile"]} if image.info.get("icc_profile") else {}
+    if exif:
+        metadata["exif"] = exif
     try:
         with atomic_write(path, suffix=suffix) as temporary:
-            image.save(temporary, **profile)
+            image.save(temporary, **metadata)
     except (OSError, ValueError, KeyError) as error:
         raise CLIError(f"cannot write {path}: {error}") from None
 
@@ -237,7 +240,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .image_processing_teasr import load_image
+    from .image_processing_teasr import load_image, resized_exif
     from .pipeline_teasr import DEFAULT_MAX_OUTPUT_PIXELS
 
     pipe = load_pipeline(args.model, args.device, args.dtype)
@@ -260,7 +263,7 @@ def run_upscale(args: argparse.Namespace) -> int:
                 max_output_pixels=max_pixels,
                 generator=torch.Generator().manual_seed(args.seed),
             )
-            save_atomically(result.images[0], target)
+            save_atomically(result.images[0], target, resized_exif(image.info.get("exif"), result.images[0].size))
         except (ValueError, CLIError) as error:
             if len(jobs) == 1:
                 raise CLIError(str(error)) from None

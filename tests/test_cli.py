@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import pytest
+from PIL import ExifTags
 
 from pipeline_teasr.cli import main
 
@@ -98,6 +100,39 @@ def test_a_cmyk_profile_is_not_put_on_an_rgb_output(run_cli, tmp_path):
     assert code == 0, err
     out = PIL.Image.open(tmp_path / "out.png")
     assert out.mode == "RGB" and "icc_profile" not in out.info
+
+
+def _camera_exif(width: int, height: int) -> PIL.Image.Exif:
+    exif = PIL.Image.Exif()
+    exif[ExifTags.Base.Make] = "TestCam"
+    exif[ExifTags.Base.Orientation] = 6  # rotate 90 degrees clockwise when displayed
+    details = exif.get_ifd(ExifTags.IFD.Exif)
+    details[ExifTags.Base.DateTimeOriginal] = "2026:05:01 12:00:00"
+    details[ExifTags.Base.ExifImageWidth], details[ExifTags.Base.ExifImageHeight] = width, height
+    return exif
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
+def test_camera_exif_is_kept_with_the_new_size_and_no_second_rotation(run_cli, tmp_path, suffix):
+    random_photo(8, 16).save(tmp_path / "photo.jpg", exif=_camera_exif(16, 8))
+    code, _, err = run_cli(str(tmp_path / "photo.jpg"), "-o", str(tmp_path / f"out{suffix}"))
+    assert code == 0, err
+    out = PIL.Image.open(tmp_path / f"out{suffix}")
+    exif = out.getexif()
+    details = exif.get_ifd(ExifTags.IFD.Exif)
+    assert out.size == (32, 64)
+    assert exif.get(ExifTags.Base.Make) == "TestCam"
+    assert details.get(ExifTags.Base.DateTimeOriginal) == "2026:05:01 12:00:00"
+    assert (details.get(ExifTags.Base.ExifImageWidth), details.get(ExifTags.Base.ExifImageHeight)) == (32, 64)
+    assert exif.get(ExifTags.Base.Orientation, 1) == 1  # the pixels are already upright
+    assert PIL.ImageOps.exif_transpose(out).size == (32, 64)
+
+
+def test_unparsable_exif_is_dropped_not_fatal(run_cli, tmp_path):
+    random_photo(8, 8).save(tmp_path / "photo.jpg", exif=b"Exif\x00\x00MM\x00*garbage")
+    code, _, err = run_cli(str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out.jpg"))
+    assert code == 0, err
+    assert PIL.Image.open(tmp_path / "out.jpg").size == (32, 32)
 
 
 def test_animated_gif_uses_first_frame_and_non_ascii_names(run_cli, tmp_path):

@@ -25,6 +25,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError
+from PIL import ExifTags
 
 from .conftest import icc_profile, make_tiny_pipeline, random_photo
 
@@ -245,11 +246,15 @@ def test_alpha_16_bit_cmyk_and_wide_gamut_inputs_come_back_as_png(client: Client
     }
     for name, (mode, space, expected_mode, keeps_profile) in cases.items():
         path = tmp_path / name
-        random_photo(12, 10, mode=mode).save(path, **({"icc_profile": icc_profile(space)} if space else {}))
+        exif = PIL.Image.Exif()
+        exif[ExifTags.Base.Make] = "TestCam"
+        metadata = {"icc_profile": icc_profile(space)} if space else {}
+        random_photo(12, 10, mode=mode).save(path, exif=exif, **metadata)
         result = client.predict(handle_file(str(path)), 1, 2, 1.0, 0, api_name="/upscale")
         with PIL.Image.open(result) as image:
             assert (image.format, image.mode, image.size) == ("PNG", expected_mode, (20, 24)), name
             assert image.info.get("icc_profile") == (icc_profile(space) if keeps_profile else None), name
+            assert not image.getexif(), f"{name}: camera or GPS data must not leave the Space"
 
 
 def test_compare_steps_api(client: Client, tmp_path: Path) -> None:
