@@ -34,6 +34,9 @@ class DecomposedImage:
         return self.rgb.shape[-2], self.rgb.shape[-1]
 
 
+_CORRUPT_EXIF_WARNING = r"(Possibly c|C)orrupt EXIF"
+
+
 def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> PIL.Image.Image:
     """Open an image file fully (EXIF orientation applied, first frame of animations), or raise a one-line
     `ValueError` naming the file."""
@@ -45,6 +48,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> PIL.Im
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", _CORRUPT_EXIF_WARNING, UserWarning)  # metadata; resized_exif drops it
             with PIL.Image.open(name) as opened:
                 width, height = opened.size
                 if max_pixels is not None and width * height > max_pixels:
@@ -104,8 +108,10 @@ def resized_exif(exif: bytes | None, size: tuple[int, int]) -> bytes | None:
         return None
     try:
         parsed = PIL.Image.Exif()
-        parsed.load(exif)
-        details = parsed.get_ifd(PIL.ExifTags.IFD.Exif)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _CORRUPT_EXIF_WARNING, UserWarning)
+            parsed.load(exif)
+            details = parsed.get_ifd(PIL.ExifTags.IFD.Exif)
         width_tag, height_tag = PIL.ExifTags.Base.ExifImageWidth, PIL.ExifTags.Base.ExifImageHeight
         if width_tag in details or height_tag in details:
             details[width_tag], details[height_tag] = size

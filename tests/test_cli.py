@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -130,8 +131,11 @@ def test_camera_exif_is_kept_with_the_new_size_and_no_second_rotation(run_cli, t
 
 def test_unparsable_exif_is_dropped_not_fatal(run_cli, tmp_path):
     random_photo(8, 8).save(tmp_path / "photo.jpg", exif=b"Exif\x00\x00MM\x00*garbage")
-    code, _, err = run_cli(str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out.jpg"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = run_cli(str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out.jpg"))
     assert code == 0, err
+    assert not [str(warning.message) for warning in caught if "EXIF" in str(warning.message)]
     assert PIL.Image.open(tmp_path / "out.jpg").size == (32, 32)
 
 
