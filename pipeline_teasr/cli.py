@@ -217,9 +217,10 @@ def save_atomically(image, path: Path, exif: bytes | None = None) -> None:
     from .image_processing_teasr import convert_mode
 
     suffix = path.suffix.lower() or ".png"
-    if suffix in (".jpg", ".jpeg") and image.mode not in ("RGB", "L", "CMYK"):
-        image = convert_mode(image, "RGB")
-    elif image.mode == "CMYK" and suffix not in (".tif", ".tiff"):
+    # CMYK is written only to TIFF; JPEG holds RGB and L.
+    if (image.mode == "CMYK" and suffix not in (".tif", ".tiff")) or (
+        suffix in (".jpg", ".jpeg") and image.mode not in ("RGB", "L")
+    ):
         image = convert_mode(image, "RGB")
     # Passed explicitly: JPEG and PNG embed `info["icc_profile"]` on their own, WebP only when told.
     metadata = {"icc_profile": image.info["icc_profile"]} if image.info.get("icc_profile") else {}

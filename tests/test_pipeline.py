@@ -184,6 +184,9 @@ def test_the_input_icc_profile_is_carried_where_it_fits_the_output(tiny_pipeline
     image.info["icc_profile"] = icc_profile(space)
     out = _run(tiny_pipeline, image).images[0]
     assert out.info.get("icc_profile") == (icc_profile(space) if kept else None)
+
+
+def test_array_inputs_give_outputs_without_a_profile(tiny_pipeline):
     assert "icc_profile" not in _run(tiny_pipeline, np.asarray(random_photo(9, 11))).images[0].info
 
 
