@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,41 @@ def test_report_tables_show_the_grid_column_and_tolerate_older_reports(tmp_path,
     rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
     assert float(rows["Bicubic (PIL)"][7]) >= 0.0 and rows["flow-matching base (T = 1)"][7].strip() == "-"
     assert (out / "teasr_mini_steps.png").stat().st_size > 0
+
+
+def test_recipe_trains_the_main_run_beside_the_ablations_then_resumes_it_and_extends_it(tmp_path):
+    """recipe.sh: the main run's first PARALLEL_STEPS steps train beside the ablations, the rest resume on every core;
+    a re-run skips finished runs, and a larger DISTILL_STEPS continues the finished run from its last checkpoint."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    (data / "train").mkdir(parents=True)
+    for seed in range(3):
+        random_photo(96, 96, seed=seed).save(data / "train" / f"photo{seed}_25.png")
+    tiny = '{"patch_size": 4, "in_channels": 48, "out_channels": 3, "num_layers": 1, "attention_head_dim": 8,'
+    tiny += ' "num_attention_heads": 2, "joint_attention_dim": 16, "axes_dims_rope": [2, 2, 4], "lq_skip": true}'
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable, "MIXED_PRECISION": "no",
+        "DATA": str(data), "RUNS": str(runs), "MODEL_CONFIG": tiny, "FLOW_STEPS": "1", "ABLATION_STEPS": "1",
+        "PARALLEL_STEPS": "2", "DISTILL_STEPS": "3", "DISTILL_FLAGS": "--checkpointing_steps 1",
+    }  # fmt: skip
+
+    def recipe(stages: str, **overrides: str) -> str:
+        result = subprocess.run(
+            ["bash", str(RECIPE_DIR / "recipe.sh")], env={**env, "STAGES": stages, **overrides},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    def trained_steps(run: str) -> int:
+        return json.loads((runs / run / "training_args.json").read_text())["max_train_steps"]
+
+    log = recipe("base distill ablations")
+    assert {run: trained_steps(run) for run in ("teasr_short", "coupled", "no_rect", "critic", "teasr")} == {
+        "teasr_short": 1, "coupled": 1, "no_rect": 1, "critic": 1, "teasr": 3,
+    }  # fmt: skip
+    assert "teasr/checkpoint-2 at step 2" in log  # the second phase resumed where the first stopped
+    assert TEASRPipeline.from_pretrained(runs / "teasr").transformer.config.num_layers == 1
+
+    assert "Running teasr training" not in recipe("base distill ablations")
+    log = recipe("distill", DISTILL_STEPS="4")
+    assert "teasr/checkpoint-3 at step 3" in log and trained_steps("teasr") == 4
