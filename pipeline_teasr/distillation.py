@@ -931,6 +931,21 @@ def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products in hardware (AVX512-BF16 or AMX).
+
+    Without it, bfloat16 autocast on the CPU is emulated: measured 7 s per teasr-mini flow step on an AVX2-only EPYC,
+    where float32 takes well under one.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def recommended_mixed_precision() -> str:
+    """``"bf16"`` on a CUDA GPU or a CPU with native bfloat16, ``"no"`` elsewhere (the recipe's default)."""
+    return "bf16" if torch.cuda.is_available() or cpu_has_native_bfloat16() else "no"
+
+
 def _lora_target_modules(lora_layers: str | None) -> list[str]:
     if lora_layers is None:
         return list(DEFAULT_LORA_LAYERS)
@@ -1055,6 +1070,11 @@ def run_training(
     )
     log = get_logger("teasr.train")
     log.info(accelerator.state, main_process_only=False)
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16" and not cpu_has_native_bfloat16():
+        log.warning(
+            "This CPU has no native bfloat16 (AVX512-BF16/AMX): bf16 autocast is emulated and many times slower than "
+            "float32 here; use --mixed_precision no."
+        )
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

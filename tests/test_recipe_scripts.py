@@ -13,6 +13,7 @@ import PIL.Image
 import pytest
 
 from pipeline_teasr import TEASRPipeline
+from pipeline_teasr.distillation import recommended_mixed_precision
 from pipeline_teasr.evaluation import evaluate, write_json
 
 from .conftest import random_photo
@@ -230,7 +231,7 @@ def test_recipe_trains_the_main_run_beside_the_ablations_then_resumes_it_and_ext
     tiny = '{"patch_size": 4, "in_channels": 48, "out_channels": 3, "num_layers": 1, "attention_head_dim": 8,'
     tiny += ' "num_attention_heads": 2, "joint_attention_dim": 16, "axes_dims_rope": [2, 2, 4], "lq_skip": true}'
     env = {
-        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable, "MIXED_PRECISION": "no",
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable,
         "DATA": str(data), "RUNS": str(runs), "MODEL_CONFIG": tiny, "FLOW_STEPS": "1", "ABLATION_STEPS": "1",
         "PARALLEL_STEPS": "2", "DISTILL_STEPS": "3", "DISTILL_FLAGS": "--checkpointing_steps 1",
     }  # fmt: skip
@@ -247,6 +248,8 @@ def test_recipe_trains_the_main_run_beside_the_ablations_then_resumes_it_and_ext
         return json.loads((runs / run / "training_args.json").read_text())["max_train_steps"]
 
     log = recipe("base distill ablations")
+    cores = len(os.sched_getaffinity(0))
+    assert f"recipe: MIXED_PRECISION={recommended_mixed_precision()}, OMP_NUM_THREADS={cores}" in log
     assert {run: trained_steps(run) for run in ("teasr_short", "coupled", "no_rect", "critic", "teasr")} == {
         "teasr_short": 1, "coupled": 1, "no_rect": 1, "critic": 1, "teasr": 3,
     }  # fmt: skip

@@ -12,13 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 PY=${PY:-.venv/bin/python}
-# bfloat16 autocast (the weights and the optimiser stay float32): 1.35x faster per distillation step on this project's
-# CPU, which has native bfloat16 (AVX512-BF16), at the same quality (docs/RESULTS.md, "bfloat16 training"). On a CPU
-# without native bfloat16, set MIXED_PRECISION=no.
-MIXED_PRECISION=${MIXED_PRECISION:-bf16}
+# bfloat16 autocast (the weights and the optimiser stay float32) where the hardware has it: a GPU, or a CPU with
+# native bfloat16 (AVX512-BF16/AMX; 1.35x faster per distillation step at the same quality, docs/RESULTS.md,
+# "bfloat16 training"); float32 elsewhere, since emulated bfloat16 is many times slower.
+MIXED_PRECISION=${MIXED_PRECISION:-$($PY -c 'from pipeline_teasr.distillation import recommended_mixed_precision as r; print(r())')}
 # accelerate gives a CPU process one thread unless OMP_NUM_THREADS says otherwise: a run alone takes every core (one run
 # on both cores here: 0.29 s per distillation step against 0.45 on one).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+echo "recipe: MIXED_PRECISION=$MIXED_PRECISION, OMP_NUM_THREADS=$OMP_NUM_THREADS"
 ACCELERATE=${ACCELERATE:-"$PY -m accelerate.commands.launch --num_processes 1 --num_machines 1 --dynamo_backend no --mixed_precision $MIXED_PRECISION"}
 DATA=${DATA:-data/teasr_mini}
 RUNS=${RUNS:-runs/teasr_mini}
