@@ -327,3 +327,17 @@ def test_huge_input_refused_above_the_output_cap(run_cli, tmp_path):
     assert code == 2
     assert "16000x12000" in err and "max_output_pixels" in err and err.count("\n") == 1
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_on_a_cpu_without_native_bfloat16_warns_and_still_upscales(run_cli, tmp_path, monkeypatch, native):
+    """Emulated bfloat16 (an AVX2-only CPU) is several times slower than float32: the user is told, once, and why."""
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    random_photo(16, 16).save(tmp_path / "in.png")
+    code, _, err = run_cli(str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--dtype", "bfloat16")
+    assert code == 0 and PIL.Image.open(tmp_path / "out.png").size == (64, 64)
+    warned = [line for line in err.splitlines() if "no native bfloat16" in line]
+    assert len(warned) == (0 if native else 1) and (native or "--dtype float32" in warned[0])
