@@ -1378,7 +1378,9 @@ def run_training(
                 micro_step, window_bad = 0, False
                 progress.set_postfix(loss=logs["loss/total"], lr=logs["lr"])
                 accelerator.log(logs, step=global_step)
-                if global_step % args.checkpointing_steps == 0:
+                # The last step is saved too, so that a longer run (a larger --max_train_steps) resumes where this
+                # one ended, not at the checkpoint before.
+                if global_step % args.checkpointing_steps == 0 or global_step >= max_train_steps:
                     assert_finite_parameters(*[unwrap_module(m) for m in train_modules])
                     saved = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
                     log.info(f"Saved checkpoint {saved}")

@@ -256,6 +256,24 @@ def test_resume_continues_at_the_right_step_with_identical_state(photo_folder, t
     assert final.keys() == raw.keys() and any(not torch.equal(final[k], raw[k]) for k in final)
 
 
+def test_a_run_ending_between_checkpoints_saves_its_last_step_and_a_longer_run_continues_there(
+    photo_folder, tiny_pipeline_dir, tmp_path, caplog
+):
+    def args(steps: int) -> list[str]:
+        return [
+            *common_args(photo_folder, tmp_path / "run", str(tmp_path / "cache"), steps),
+            "--pretrained_model_name_or_path", tiny_pipeline_dir, "--train_batch_size", "2", "--rank", "4",
+            "--checkpointing_steps", "2", "--report_to", "none", "--resume_from_checkpoint", "latest",
+        ]  # fmt: skip
+
+    run_in_process("train_teasr_lora", args(3))
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_in_process("train_teasr_lora", args(4))
+    assert "checkpoint-3 at step 3" in caplog.text and (tmp_path / "run" / "checkpoint-4").is_dir()
+
+
 def test_full_finetune_distillation_saves_a_loadable_pipeline(photo_folder, tiny_pipeline_dir, tmp_path):
     out = tmp_path / "full"
     run_in_process(
