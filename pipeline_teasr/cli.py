@@ -148,7 +148,7 @@ def add_export_parser(commands) -> None:
 def resolve_device_and_dtype(device: str | None, dtype: str):
     import torch
 
-    from .hardware import cpu_has_native_bfloat16
+    from .hardware import EMULATED_BFLOAT16, bfloat16_is_emulated
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -162,12 +162,8 @@ def resolve_device_and_dtype(device: str | None, dtype: str):
         torch_dtype = torch.bfloat16 if resolved.type == "cuda" else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
-    if resolved.type == "cpu" and torch_dtype == torch.bfloat16 and not cpu_has_native_bfloat16():
-        print(
-            "teasr: warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX): bfloat16 is emulated here and "
-            "several times slower than float32; use --dtype float32",
-            file=sys.stderr,
-        )
+    if torch_dtype == torch.bfloat16 and bfloat16_is_emulated(resolved.type):
+        print(f"teasr: warning: {EMULATED_BFLOAT16}; use --dtype float32", file=sys.stderr)
     return resolved, torch_dtype
 
 

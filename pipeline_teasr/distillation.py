@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .hardware import cpu_has_native_bfloat16
+from .hardware import EMULATED_BFLOAT16, bfloat16_is_emulated
 from .losses import (
     CriticHeads,
     call_with_frozen_parameters,
@@ -932,11 +932,6 @@ def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
-def recommended_mixed_precision() -> str:
-    """``"bf16"`` on a CUDA GPU or a CPU with native bfloat16, ``"no"`` elsewhere (the recipe's default)."""
-    return "bf16" if torch.cuda.is_available() or cpu_has_native_bfloat16() else "no"
-
-
 def _lora_target_modules(lora_layers: str | None) -> list[str]:
     if lora_layers is None:
         return list(DEFAULT_LORA_LAYERS)
@@ -1061,11 +1056,8 @@ def run_training(
     )
     log = get_logger("teasr.train")
     log.info(accelerator.state, main_process_only=False)
-    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16" and not cpu_has_native_bfloat16():
-        log.warning(
-            "This CPU has no native bfloat16 (AVX512-BF16/AMX): bf16 autocast is emulated and many times slower than "
-            "float32 here; use --mixed_precision no."
-        )
+    if accelerator.mixed_precision == "bf16" and bfloat16_is_emulated(accelerator.device.type):
+        log.warning(f"--mixed_precision bf16: {EMULATED_BFLOAT16}; use --mixed_precision no.")
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

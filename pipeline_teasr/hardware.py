@@ -15,3 +15,19 @@ def cpu_has_native_bfloat16() -> bool:
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+EMULATED_BFLOAT16 = (
+    "this CPU has no native bfloat16 (AVX512-BF16 or AMX): bfloat16 is emulated here and several times slower than "
+    "float32"
+)
+
+
+def bfloat16_is_emulated(device_type: str) -> bool:
+    """Whether bfloat16 on a device of this type (``"cpu"``, ``"cuda"``, ...) would run emulated, in software."""
+    return device_type == "cpu" and not cpu_has_native_bfloat16()
+
+
+def recommended_mixed_precision() -> str:
+    """``"bf16"`` on a CUDA GPU or a CPU with native bfloat16, ``"no"`` elsewhere (the teasr-mini recipe's default)."""
+    return "bf16" if torch.cuda.is_available() or cpu_has_native_bfloat16() else "no"

@@ -13,8 +13,8 @@ import PIL.Image
 import pytest
 
 from pipeline_teasr import TEASRPipeline
-from pipeline_teasr.distillation import recommended_mixed_precision
 from pipeline_teasr.evaluation import evaluate, write_json
+from pipeline_teasr.hardware import recommended_mixed_precision
 
 from .conftest import random_photo
 

@@ -501,14 +501,14 @@ def test_streaming_dataset_replays_until_max_train_steps(photo_folder, tmp_path)
 
 def test_mixed_precision_default_is_bf16_only_where_the_hardware_computes_bfloat16(monkeypatch):
     """The recipe's default precision: emulated bfloat16 (an AVX2-only CPU) is many times slower than float32."""
-    from pipeline_teasr import distillation
+    from pipeline_teasr import hardware
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert distillation.recommended_mixed_precision() == "no"
+    assert hardware.recommended_mixed_precision() == "no"
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert distillation.recommended_mixed_precision() == "bf16"
+    assert hardware.recommended_mixed_precision() == "bf16"
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert distillation.recommended_mixed_precision() == "bf16"
+    assert hardware.recommended_mixed_precision() == "bf16"

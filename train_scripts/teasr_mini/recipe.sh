@@ -15,7 +15,7 @@ PY=${PY:-.venv/bin/python}
 # bfloat16 autocast (the weights and the optimiser stay float32) where the hardware has it: a GPU, or a CPU with
 # native bfloat16 (AVX512-BF16/AMX; 1.35x faster per distillation step at the same quality, docs/RESULTS.md,
 # "bfloat16 training"); float32 elsewhere, since emulated bfloat16 is many times slower.
-MIXED_PRECISION=${MIXED_PRECISION:-$($PY -c 'from pipeline_teasr.distillation import recommended_mixed_precision as r; print(r())')}
+MIXED_PRECISION=${MIXED_PRECISION:-$($PY -c 'from pipeline_teasr.hardware import recommended_mixed_precision as r; print(r())')}
 # accelerate gives a CPU process one thread unless OMP_NUM_THREADS says otherwise: a run alone takes every core (one run
 # on both cores of the AVX-512 machine: 0.29 s per distillation step against 0.45 on one).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
