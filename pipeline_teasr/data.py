@@ -113,6 +113,7 @@ class _CropMixin:
     resolution: int
     scale: int
     random_flip: bool
+    random_rotate: bool = False
     small_images: str
     seed: int
     epoch: int
@@ -130,6 +131,7 @@ class _CropMixin:
         small_images: str,
         seed: int,
         min_crop_gradient: float = 0.0,
+        random_rotate: bool = False,
     ) -> None:
         if resolution % scale:
             raise ValueError(f"--resolution ({resolution}) must be a multiple of --scale ({scale}).")
@@ -137,6 +139,7 @@ class _CropMixin:
             raise ValueError(f"small_images must be 'upsize' or 'skip', got {small_images!r}.")
         self.dataset, self.image_column, self.lq_column = dataset, image_column, lq_column
         self.resolution, self.scale, self.random_flip = resolution, scale, random_flip
+        self.random_rotate = random_rotate
         self.small_images, self.seed, self.epoch = small_images, seed, 0
         if not 0.0 <= min_crop_gradient < 1.0:
             raise ValueError(
@@ -182,6 +185,10 @@ class _CropMixin:
             item["lq_pixel_values"] = _to_tensor(lq.crop(tuple(v // self.scale for v in box)))
         if flip:
             item = {k: v.flip(-1) if torch.is_tensor(v) else v for k, v in item.items()}
+        # Drawn last, so that runs without rotations keep the crops they always had.
+        quarter_turns = int(rng.integers(0, 4)) if self.random_rotate else 0
+        if quarter_turns:
+            item = {k: v.rot90(quarter_turns, dims=(-2, -1)) if torch.is_tensor(v) else v for k, v in item.items()}
         return item
 
 
@@ -198,6 +205,7 @@ class SRCropDataset(_CropMixin, torch.utils.data.Dataset):
         resolution: crop side in HQ pixels (a multiple of `scale`).
         scale: HQ/LQ size ratio of paired data.
         random_flip: random horizontal flips.
+        random_rotate: random 90-degree rotations (with `random_flip`, all eight flips and rotations of a crop).
         small_images: `"upsize"` (enlarge to `resolution`) or `"skip"`.
         seed: base seed of the crops; `set_epoch` varies them per epoch.
         min_crop_gradient: redraw a crop (at most 9 times) while its `crop_gradient` is below this (0 = off).
@@ -217,11 +225,21 @@ class SRCropDataset(_CropMixin, torch.utils.data.Dataset):
         seed: int = 0,
         min_crop_gradient: float = 0.0,
         cache_images: bool = False,
+        random_rotate: bool = False,
     ):
         if len(dataset) == 0:
             raise ValueError("The training set is empty.")
         self._init_crops(
-            dataset, image_column, lq_column, resolution, scale, random_flip, small_images, seed, min_crop_gradient
+            dataset,
+            image_column,
+            lq_column,
+            resolution,
+            scale,
+            random_flip,
+            small_images,
+            seed,
+            min_crop_gradient,
+            random_rotate,
         )
         self._decoded: dict[int, tuple[PIL.Image.Image, PIL.Image.Image | None]] | None = {} if cache_images else None
 
@@ -269,6 +287,7 @@ class SRStreamingCropDataset(_CropMixin, torch.utils.data.IterableDataset):
         small_images: str = "upsize",
         seed: int = 0,
         min_crop_gradient: float = 0.0,
+        random_rotate: bool = False,
         shuffle_buffer_size: int = 1000,
         num_processes: int = 1,
         process_index: int = 0,
@@ -278,7 +297,16 @@ class SRStreamingCropDataset(_CropMixin, torch.utils.data.IterableDataset):
 
             dataset = split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
         self._init_crops(
-            dataset, image_column, lq_column, resolution, scale, random_flip, small_images, seed, min_crop_gradient
+            dataset,
+            image_column,
+            lq_column,
+            resolution,
+            scale,
+            random_flip,
+            small_images,
+            seed,
+            min_crop_gradient,
+            random_rotate,
         )
         self.shuffle_buffer_size = shuffle_buffer_size
 

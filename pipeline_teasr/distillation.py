@@ -797,6 +797,11 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
         "then not decoded again for every crop); needs RAM for the whole decoded set. Not with --streaming.",
     )
     add("--random_flip", action="store_true", help="Random horizontal flips.")
+    add(
+        "--random_rotate",
+        action="store_true",
+        help="Random 90-degree rotations of the crops (with --random_flip: all eight flips and rotations).",
+    )
     add("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
     # Optimisation.
     add("--output_dir", type=str, default="teasr-output", help="Where checkpoints and the final weights go.")
@@ -1168,6 +1173,7 @@ def run_training(
         resolution=args.resolution,
         scale=args.scale,
         random_flip=args.random_flip,
+        random_rotate=args.random_rotate,
         small_images=args.small_images,
         seed=args.seed,
         min_crop_gradient=args.min_crop_gradient,

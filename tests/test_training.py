@@ -446,6 +446,32 @@ def test_min_crop_gradient_redraws_flat_crops(tmp_path):
         SRCropDataset(dataset, resolution=32, scale=4, min_crop_gradient=-0.1)
 
 
+def test_random_rotate_turns_hq_and_paired_lq_together_and_keeps_unrotated_crops(tmp_path):
+    from datasets import Dataset, Image
+
+    # Paired data whose LQ is the exact 4x box average of the HQ photo: a box average commutes with flips and
+    # quarter turns, so an LQ crop turned like its HQ crop still equals the HQ crop's box average.
+    hq = random_photo(96, 128, seed=0)
+    hq.save(tmp_path / "hq.png")
+    hq.reduce(4).save(tmp_path / "lq.png")
+    dataset = Dataset.from_dict({"image": [str(tmp_path / "hq.png")] * 12, "lq": [str(tmp_path / "lq.png")] * 12})
+    dataset = dataset.cast_column("image", Image(decode=False)).cast_column("lq", Image(decode=False))
+    crop_args = dict(lq_column="lq", resolution=32, scale=4, random_flip=True, seed=0)
+    plain, turned = SRCropDataset(dataset, **crop_args), SRCropDataset(dataset, random_rotate=True, **crop_args)
+    quarter_turns = set()
+    for index in range(len(dataset)):
+        before, after = plain[index], turned[index]
+        # The same crop as without rotations (the turn is drawn last), turned by some multiple of 90 degrees ...
+        turns = [before["pixel_values"].rot90(k, (-2, -1)) for k in range(4)]
+        matches = [k for k in range(4) if torch.equal(after["pixel_values"], turns[k])]
+        assert len(matches) >= 1
+        quarter_turns.add(matches[0])
+        # ... and its LQ crop turned with it.
+        box_average = torch.nn.functional.avg_pool2d(after["pixel_values"][None], 4)[0]
+        assert (box_average - after["lq_pixel_values"]).abs().max() < 2 / 255
+    assert len(quarter_turns) >= 3  # 12 crops: turns other than 0 and 180 degrees occur
+
+
 def test_cache_images_gives_the_same_crops_and_reads_each_file_once(tmp_path):
     from datasets import Dataset, Image
 
