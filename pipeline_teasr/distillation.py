@@ -39,6 +39,7 @@ from .losses import (
     gradient_loss,
     interpolate,
     jump_weight,
+    patch_grid_loss,
     reconstruction_loss,
     renoise,
     shift_within_patch,
@@ -178,6 +179,7 @@ class DistillationConfig:
     lambda_consistency: float = 0.0
     lambda_gradient: float = 0.0
     lambda_spectral: float = 0.0
+    lambda_grid: float = 0.0
     rectification: bool = True
     reconstruction_only: bool = False
     anystep_prob: float = 0.5
@@ -207,7 +209,7 @@ class DistillationConfig:
                 f"lq_anchor_max_timestep must lie in (min_timestep, 1], got {self.lq_anchor_max_timestep}."
             )
         weights = ("lambda_flow", "lambda_rec", "lambda_adv", "lambda_critic", "lambda_consistency")
-        for name in (*weights, "lambda_gradient", "lambda_spectral"):
+        for name in (*weights, "lambda_gradient", "lambda_spectral", "lambda_grid"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
 
@@ -353,6 +355,9 @@ def self_adversarial_losses(
         # noise path have no such image (their target is the noisy z_s) and are left out.
         clean_estimate = flow_map_step(z_t[bridge], u_gen[bridge], t[bridge], torch.zeros_like(t[bridge]))
         loss_spec = spectral_loss(clean_estimate, z0[bridge]) * bridge.float().mean()
+    loss_grid = zero
+    if config.lambda_grid > 0:
+        loss_grid = patch_grid_loss(rec_prediction, rec_target, backbone.config.patch_size, weight)
 
     loss_adv, loss_critic, loss_cons = zero, zero, zero
     logits_real_mean, logits_fake_mean = zero, zero
@@ -387,11 +392,15 @@ def self_adversarial_losses(
             output_hidden_states_at=blocks,
         ).block_hidden_states
         # Heads: hinge on detached states (real and fake in one call, so DDP sees a single forward).
-        head_logits = critic_heads([torch.cat([r, f.detach()]) for r, f in zip(real_states, fake_states)])
+        patch = backbone.config.patch_size
+        grid_size = (fake_in.shape[-2] // patch, fake_in.shape[-1] // patch)
+        head_logits = critic_heads(
+            [torch.cat([r, f.detach()]) for r, f in zip(real_states, fake_states)], grid_size=grid_size
+        )
         logits_real, logits_fake_detached = head_logits.chunk(2)
         loss_critic = critic_hinge_loss(logits_real, logits_fake_detached)
         # Generator: frozen heads, gradient reaches the generator's output only.
-        logits_fake = call_with_frozen_parameters(unwrap_module(critic_heads), list(fake_states))
+        logits_fake = call_with_frozen_parameters(unwrap_module(critic_heads), list(fake_states), grid_size=grid_size)
         loss_adv = generator_adversarial_loss(logits_fake, weight)
         logits_real_mean, logits_fake_mean = logits_real.detach().float().mean(), logits_fake.detach().float().mean()
 
@@ -412,6 +421,7 @@ def self_adversarial_losses(
         config.lambda_rec * loss_rec
         + config.lambda_gradient * loss_grad
         + config.lambda_spectral * loss_spec
+        + config.lambda_grid * loss_grid
         + lambda_adv * loss_adv
         + config.lambda_critic * loss_critic
         + config.lambda_consistency * loss_cons
@@ -424,6 +434,7 @@ def self_adversarial_losses(
         "rec": loss_rec.detach(),
         "gradient": loss_grad.detach(),
         "spectral": loss_spec.detach(),
+        "grid": loss_grid.detach(),
         "adv": loss_adv.detach(),
         "critic": loss_critic.detach(),
         "consistency": loss_cons.detach(),

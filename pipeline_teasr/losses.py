@@ -32,6 +32,7 @@ __all__ = [
     "gradient_loss",
     "interpolate",
     "jump_weight",
+    "patch_grid_loss",
     "reconstruction_loss",
     "renoise",
     "spectral_loss",
@@ -148,6 +149,27 @@ def spectral_loss(prediction: torch.Tensor, target: torch.Tensor, weight: torch.
     return _weighted_mean(_per_sample_mean((amplitude - target_amplitude).abs()), weight)
 
 
+def patch_grid_loss(
+    prediction: torch.Tensor, target: torch.Tensor, patch_size: int, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L_grid = mean | phase means of (prediction - target) on the patch grid, less their mean |, per-sample weighted.
+
+    The error is averaged separately over each of the `patch_size x patch_size` pixel phases of the token grid (the
+    last two dims, from the corner). Detail, right or wrong, does not follow the grid and averages out; a pattern
+    repeated in every patch, which per-token critic heads reward (docs/RESULTS.md, "The self-critic"), does not.
+    The phases' common mean (a colour shift) is left to the other terms. Differentiable counterpart of
+    `pipeline_teasr.metrics.grid_pattern_strength`, on the error instead of the image's detail.
+    """
+    height, width = prediction.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"patch_grid_loss needs sides divisible by patch_size {patch_size}, got {height}x{width}.")
+    diff = prediction.float() - target.float()
+    rows, cols = height // patch_size, width // patch_size
+    phases = diff.reshape(*diff.shape[:-2], rows, patch_size, cols, patch_size).mean(dim=(-4, -2))
+    grid = phases - phases.mean(dim=(-2, -1), keepdim=True)
+    return _weighted_mean(_per_sample_mean(grid.abs()), weight)
+
+
 def consistency_loss(u_jump: torch.Tensor, u_target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Self-consistency in velocity units: the direct jump `t -> s` vs the (stop-gradient) composed `t -> m -> s`."""
     return _weighted_mean(_per_sample_mean((u_jump.float() - u_target.detach().float()).square()), weight)
@@ -198,40 +220,81 @@ def default_critic_blocks(num_layers: int) -> tuple[int, ...]:
 
 
 class CriticHeads(nn.Module):
-    """The self-critic's only parameters: one per-token `LayerNorm + Linear(dim, 1)` head per read block.
+    """The self-critic's only parameters: one small head per read block, giving one logit per token.
+
+    With `kernel_size=1` (the default) each head is `LayerNorm + Linear(dim, 1)` on each token on its own. Such heads
+    see one patch at a time and reward token-scale high-frequency energy, which the generator supplies as a lattice
+    (docs/RESULTS.md, "The self-critic" and "A grid loss for the self-critic"). With `kernel_size=k > 1` each head is
+    `LayerNorm`, a `k x k` convolution over the token grid to `dim // 2` channels, SiLU and a `1 x 1` convolution to
+    one logit: it reads a neighbourhood of `k x k` tokens, enough to tell a repeated pattern from texture.
 
     Args:
         hidden_dim (`int`): width of the transformer's token states (`inner_dim`).
         block_indices (`Sequence[int]`): transformer blocks whose noisy-branch states the heads read, in order.
+        kernel_size (`int`, *optional*, defaults to 1): odd size of the heads' window on the token grid.
     """
 
-    def __init__(self, hidden_dim: int, block_indices: Sequence[int]):
+    def __init__(self, hidden_dim: int, block_indices: Sequence[int], kernel_size: int = 1):
         super().__init__()
         if not block_indices:
             raise ValueError("CriticHeads needs at least one block index.")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"CriticHeads' kernel_size must be an odd positive integer, got {kernel_size}.")
         self.hidden_dim = int(hidden_dim)
         self.block_indices = tuple(int(i) for i in block_indices)
-        self.heads = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(self.hidden_dim), nn.Linear(self.hidden_dim, 1)) for _ in self.block_indices
-        )
+        self.kernel_size = int(kernel_size)
+        if self.kernel_size == 1:
+            self.heads = nn.ModuleList(
+                nn.Sequential(nn.LayerNorm(self.hidden_dim), nn.Linear(self.hidden_dim, 1)) for _ in self.block_indices
+            )
+        else:
+            width = max(1, self.hidden_dim // 2)
+            self.norms = nn.ModuleList(nn.LayerNorm(self.hidden_dim) for _ in self.block_indices)
+            self.heads = nn.ModuleList(
+                nn.Sequential(
+                    nn.Conv2d(self.hidden_dim, width, self.kernel_size, padding=self.kernel_size // 2),
+                    nn.SiLU(),
+                    nn.Conv2d(width, 1, 1),
+                )
+                for _ in self.block_indices
+            )
         for head in self.heads:
             # Zero logits at the start: the generator's adversarial gradient grows as the heads learn.
-            nn.init.zeros_(head[1].weight)
-            nn.init.zeros_(head[1].bias)
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
 
-    def forward(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Token states, one `(B, N, D)` tensor per block -> logits `(B, num_blocks * N)`."""
+    def forward(self, hidden_states: Sequence[torch.Tensor], grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Token states, one `(B, N, D)` tensor per block -> logits `(B, num_blocks * N)`.
+
+        `grid_size` is the token grid `(rows, cols)` (row-major, `rows * cols = N`); heads with `kernel_size > 1`
+        need it.
+        """
         if len(hidden_states) != len(self.heads):
             raise ValueError(f"Expected {len(self.heads)} hidden-state tensors, got {len(hidden_states)}.")
-        dtype = self.heads[0][1].weight.dtype
-        logits = [head(h.to(dtype)).squeeze(-1) for head, h in zip(self.heads, hidden_states)]
+        dtype = self.heads[0][-1].weight.dtype
+        if self.kernel_size == 1:
+            logits = [head(h.to(dtype)).squeeze(-1) for head, h in zip(self.heads, hidden_states)]
+            return torch.cat(logits, dim=1)
+        if grid_size is None:
+            raise ValueError("CriticHeads with kernel_size > 1 need the token grid_size (rows, cols).")
+        rows, cols = grid_size
+        logits = []
+        for norm, head, h in zip(self.norms, self.heads, hidden_states):
+            if h.shape[1] != rows * cols:
+                raise ValueError(f"{h.shape[1]} tokens do not fill a {rows} x {cols} token grid.")
+            grid = norm(h.to(dtype)).transpose(1, 2).reshape(h.shape[0], self.hidden_dim, rows, cols)
+            logits.append(head(grid).flatten(1))
         return torch.cat(logits, dim=1)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
         """Write `critic_heads.safetensors` (config in its metadata); returns the file path."""
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, CRITIC_HEADS_WEIGHTS_NAME)
-        metadata = {"hidden_dim": str(self.hidden_dim), "block_indices": json.dumps(list(self.block_indices))}
+        metadata = {
+            "hidden_dim": str(self.hidden_dim),
+            "block_indices": json.dumps(list(self.block_indices)),
+            "kernel_size": str(self.kernel_size),
+        }
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, path, metadata=metadata)
         return path
@@ -248,6 +311,10 @@ class CriticHeads(nn.Module):
             metadata = handle.metadata() or {}
         if "hidden_dim" not in metadata or "block_indices" not in metadata:
             raise ValueError(f"{path} is not a CriticHeads file: its metadata lacks hidden_dim / block_indices.")
-        heads = cls(int(metadata["hidden_dim"]), json.loads(metadata["block_indices"]))
+        heads = cls(
+            int(metadata["hidden_dim"]),
+            json.loads(metadata["block_indices"]),
+            kernel_size=int(metadata.get("kernel_size", 1)),
+        )
         heads.load_state_dict(load_file(path))
         return heads

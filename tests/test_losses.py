@@ -33,6 +33,7 @@ from pipeline_teasr.losses import (
     gradient_loss,
     interpolate,
     jump_weight,
+    patch_grid_loss,
     reconstruction_loss,
     renoise,
     shift_within_patch,
@@ -41,7 +42,7 @@ from pipeline_teasr.losses import (
 
 from .conftest import TINY_PIXEL_CONFIG
 
-LOSS_TERMS = ("flow", "rec", "gradient", "spectral", "adv", "critic", "consistency")
+LOSS_TERMS = ("flow", "rec", "gradient", "spectral", "grid", "adv", "critic", "consistency")
 
 
 @pytest.fixture(autouse=True)
@@ -68,11 +69,11 @@ def tiny_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return z0, c
 
 
-def random_heads(model: TEASRTransformer2DModel, seed: int = 1) -> CriticHeads:
-    heads = CriticHeads(model.inner_dim, default_critic_blocks(len(model.transformer_blocks)))
+def random_heads(model: TEASRTransformer2DModel, seed: int = 1, kernel_size: int = 1) -> CriticHeads:
+    heads = CriticHeads(model.inner_dim, default_critic_blocks(len(model.transformer_blocks)), kernel_size)
     torch.manual_seed(seed)
     for head in heads.heads:
-        nn.init.normal_(head[1].weight, std=0.5)
+        nn.init.normal_(head[-1].weight, std=0.5)
     return heads
 
 
@@ -169,6 +170,31 @@ def test_spectral_loss_asks_for_detail_energy_wherever_it_is_drawn():
         DistillationConfig(lambda_spectral=-1.0)
 
 
+def test_grid_loss_scores_the_error_that_repeats_in_every_patch_and_nothing_else():
+    """A pattern repeated in every 4-px patch costs its (zero-mean) amplitude; a colour shift costs nothing, and
+    error that does not follow the grid (noise, misplaced detail) averages out to far less."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 128, 128)
+    pattern = torch.zeros(4, 4)
+    pattern[0, 0], pattern[2, 3] = 0.16, -0.16
+    tiled = pattern.repeat(32, 32)
+    assert patch_grid_loss(target + tiled, target, patch_size=4).item() == pytest.approx(0.02, rel=1e-4)
+    assert patch_grid_loss(target + 0.3, target, patch_size=4) < 1e-6
+    noise = 0.16 * torch.randn_like(target)  # as strong per pixel as the pattern's peaks, everywhere
+    assert patch_grid_loss(target + noise, target, patch_size=4) < 0.25 * 0.02
+    assert patch_grid_loss(target + noise + tiled, target, patch_size=4) > 2 * patch_grid_loss(
+        target + noise, target, patch_size=4
+    )
+    weight = torch.tensor([2.0, 0.0])
+    torch.testing.assert_close(
+        patch_grid_loss(target + tiled, target, 4, weight), patch_grid_loss(target[:1] + tiled, target[:1], 4)
+    )
+    with pytest.raises(ValueError, match="divisible by patch_size 4"):
+        patch_grid_loss(target[..., :30], target[..., :30], patch_size=4)
+    with pytest.raises(ValueError, match="lambda_grid"):
+        DistillationConfig(lambda_grid=-1.0)
+
+
 def test_spectral_term_scores_the_lq_bridge_rows_clean_images():
     """With every row on the bridge, L_spec is the spectral loss of `z_t - t u` (= c - u at t = 1) against z0."""
     model = tiny_transformer()
@@ -218,6 +244,32 @@ def test_critic_heads_shapes_blocks_and_roundtrip(tmp_path):
     assert loaded.block_indices == (0, 1)
     states = [torch.randn(1, 4, 32), torch.randn(1, 4, 32)]
     torch.testing.assert_close(loaded(states), heads(states))
+
+
+def test_conv_critic_heads_read_neighbouring_tokens_and_roundtrip(tmp_path):
+    """kernel_size 3: one token's state moves the logits of its 3 x 3 neighbourhood on the token grid (row-major),
+    and nothing farther; per-token heads move only its own."""
+    torch.manual_seed(0)
+    states = [torch.randn(1, 20, 32)]  # a 4 x 5 token grid
+    moved = [states[0].clone()]
+    moved[0][0, 7] += 3.0 * torch.randn(32)  # row 1, column 2
+    neighbours = {(r, c) for r in (0, 1, 2) for c in (1, 2, 3)}
+    for kernel_size, expected in ((1, {(1, 2)}), (3, neighbours)):
+        heads = CriticHeads(32, (0,), kernel_size=kernel_size)
+        assert torch.all(heads(states, grid_size=(4, 5)) == 0)  # zero-initialised output layer
+        nn.init.normal_(heads.heads[0][-1].weight)
+        changed = (heads(moved, grid_size=(4, 5)) - heads(states, grid_size=(4, 5))).abs().view(4, 5) > 1e-6
+        assert {(int(r), int(c)) for r, c in changed.nonzero()} == expected
+    heads.save_pretrained(tmp_path)
+    loaded = CriticHeads.from_pretrained(tmp_path)
+    assert loaded.kernel_size == 3
+    torch.testing.assert_close(loaded(moved, grid_size=(4, 5)), heads(moved, grid_size=(4, 5)))
+    with pytest.raises(ValueError, match="grid_size"):
+        heads(states)
+    with pytest.raises(ValueError, match="do not fill a 4 x 4"):
+        heads(states, grid_size=(4, 4))
+    with pytest.raises(ValueError, match="odd positive"):
+        CriticHeads(32, (0,), kernel_size=2)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -425,11 +477,21 @@ def test_flow_matching_bridge_rows_end_at_the_lq_image():
         ({"lambda_consistency": 1.0}, {}),
         ({"lambda_gradient": 1.0}, {}),
         ({"lambda_spectral": 1.0, "lq_bridge_prob": 1.0}, {}),
+        ({"lambda_grid": 1.0}, {}),
         ({"rectification": False}, {}),
         ({"reconstruction_only": True, "lambda_adv": 0.0}, {}),
         ({}, {"decoupled_timestep": False}),
     ],
-    ids=["default", "consistency", "gradient", "spectral", "no_rectification", "reconstruction_only", "coupled"],
+    ids=[
+        "default",
+        "consistency",
+        "gradient",
+        "spectral",
+        "grid",
+        "no_rectification",
+        "reconstruction_only",
+        "coupled",
+    ],
 )
 def test_every_loss_term_is_finite_and_trains(config_kwargs, model_kwargs):
     model = tiny_transformer(**model_kwargs)
@@ -445,6 +507,7 @@ def test_every_loss_term_is_finite_and_trains(config_kwargs, model_kwargs):
     assert (losses["consistency"] > 0) == (config.lambda_consistency > 0)
     assert (losses["gradient"] > 0) == (config.lambda_gradient > 0)
     assert (losses["spectral"] > 0) == (config.lambda_spectral > 0)
+    assert (losses["grid"] > 0) == (config.lambda_grid > 0)
     losses["loss"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     flow = flow_matching_losses(model, z0, c, torch.Generator().manual_seed(0))
@@ -505,9 +568,10 @@ def _grad_total(module: nn.Module) -> float:
     return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
 
 
-def test_critic_hinge_pass_trains_the_heads_only():
+@pytest.mark.parametrize("kernel_size", [1, 3], ids=["per_token_heads", "conv_heads"])
+def test_critic_hinge_pass_trains_the_heads_only(kernel_size):
     model = tiny_transformer()
-    heads = random_heads(model)
+    heads = random_heads(model, kernel_size=kernel_size)
     config = DistillationConfig(lambda_flow=0, lambda_rec=0, lambda_adv=1.0, adversarial_warmup_steps=10)
     z0, c = tiny_batch()
     # step 0 of the warm-up: the generator's adversarial weight is 0, only the heads' hinge loss remains.
@@ -517,9 +581,10 @@ def test_critic_hinge_pass_trains_the_heads_only():
     assert _grad_total(model) == 0
 
 
-def test_generator_adversarial_term_reaches_the_generator_through_its_output_only():
+@pytest.mark.parametrize("kernel_size", [1, 3], ids=["per_token_heads", "conv_heads"])
+def test_generator_adversarial_term_reaches_the_generator_through_its_output_only(kernel_size):
     model = tiny_transformer()
-    heads = random_heads(model)
+    heads = random_heads(model, kernel_size=kernel_size)
     config = DistillationConfig(lambda_flow=0, lambda_rec=0, lambda_critic=0, lambda_adv=1.0)
     z0, c = tiny_batch()
     losses = self_adversarial_losses(model, z0, c, config, torch.Generator().manual_seed(0), heads)

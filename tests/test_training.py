@@ -172,6 +172,10 @@ def test_both_scripts_run_through_accelerate_launch(
             "4",
             "--lambda_consistency",
             "0.5",
+            "--lambda_grid",
+            "0.5",
+            "--critic_kernel_size",
+            "3",
             "--checkpointing_steps",
             "2",
             "--validation_image",
@@ -206,6 +210,7 @@ def test_both_scripts_run_through_accelerate_launch(
     for tag in LOSS_TAGS:
         assert len(scalars[tag]) == 3 and all(math.isfinite(v) for v in scalars[tag]), tag
     assert scalars["loss/critic"][0] > 0 and scalars["loss/consistency"][0] > 0
+    assert len(scalars["loss/grid"]) == 3 and all(math.isfinite(v) and v > 0 for v in scalars["loss/grid"])
     # The LoRA is in diffusers format at the output root and changes the pipeline's output.
     pipe = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
     before = upscale(pipe, validation_image)
@@ -215,6 +220,7 @@ def test_both_scripts_run_through_accelerate_launch(
     # Critic heads are saved apart; the checkpoint is complete; validation ran at 1 and 4 steps.
     heads = CriticHeads.from_pretrained(lora_out / "critic_heads")
     assert heads.block_indices == (0, 1) and heads.hidden_dim == tiny_pipeline.transformer.inner_dim
+    assert heads.kernel_size == 3  # --critic_kernel_size reached the heads and their saved file
     assert {
         "critic_heads", "optimizer.bin", "pytorch_lora_weights.safetensors", "scheduler.bin", CHECKPOINT_MARKER
     } <= set(os.listdir(lora_out / "checkpoint-2"))  # fmt: skip
@@ -358,6 +364,8 @@ def test_distillation_zero_init_output_starts_the_lq_start_at_the_upscaled_input
     for refused in ([], ["--lambda_flow", "0.5"]):  # the flow rows would need the discarded head
         with pytest.raises(SystemExit):
             module.parse_args([*base_args, *refused])
+    with pytest.raises(SystemExit):  # critic heads need an odd window: one line from argparse
+        module.parse_args([*base_args, "--lambda_flow", "0", "--critic_kernel_size", "2"])
     pipe = module.load_base(module.parse_args([*base_args, "--lambda_flow", "0"]))
     assert pipe.transformer.proj_out.weight.abs().sum() == 0
     lq = torch.rand(1, 3, 8, 8)

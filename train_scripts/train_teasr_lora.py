@@ -4,7 +4,7 @@
 
 Per step (see `pipeline_teasr.distillation.self_adversarial_losses` and the project brief):
   L = lambda_flow L_flow + lambda_rec L_rec + lambda_adv L_adv + lambda_critic L_critic + lambda_consistency L_cons
-      + lambda_gradient L_grad + lambda_spectral L_spec
+      + lambda_gradient L_grad + lambda_spectral L_spec + lambda_grid L_grid
 - L_flow: flow matching in the s = t mode keeps the diffusion prior (the model is its own teacher);
 - L_rec: || z_s_hat - z_s ||^2 for z_s_hat = z_t - (t - s) u(z_t, c, t, s), s = 0 (z0_hat) or random s < t;
 - self-critic: the same network in flow mode at tau in [s, t] reads real / fake samples (shared noise); tiny
@@ -14,6 +14,7 @@ Per step (see `pipeline_teasr.distillation.self_adversarial_losses` and the proj
 - optional edge loss (--lambda_gradient): L1 error of neighbouring-pixel differences of the L_rec rows;
 - optional spectral loss (--lambda_spectral): L1 between the amplitude spectra of the LQ-bridge rows' clean images
   and the HQ images (detail energy wherever it is drawn);
+- optional grid loss (--lambda_grid): the part of the L_rec rows' error that repeats in every token patch;
 - timestep-aware rectification (on unless --no_rectification): t over the whole any-step range, tau <= t, and the
   reconstruction / adversarial terms weighted by the jump size t - s.
 Ablations: --coupled_timestep, --no_rectification, --reconstruction_only, --lambda_consistency 0/>0.
@@ -63,6 +64,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         help="Weight of L_spec, the L1 between amplitude spectra of the LQ-bridge rows' images and HQ (0 = off).",
     )
     add(
+        "--lambda_grid",
+        type=float,
+        default=0.0,
+        help="Weight of L_grid, the part of the generator's error that repeats in every token patch (0 = off).",
+    )
+    add(
         "--no_rectification",
         action="store_true",
         help="Ablation: generate from t = 1 only and weight all jumps equally.",
@@ -73,6 +80,13 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         type=str,
         default="auto",
         help='Blocks whose hidden states the critic heads read: "auto" (1/4, 1/2, 3/4 depth) or e.g. "10,30,50".',
+    )
+    add(
+        "--critic_kernel_size",
+        type=int,
+        default=1,
+        help="Window of each critic head on the token grid: 1 = per-token LayerNorm + Linear; k > 1 (odd) = a k x k "
+        "convolution, so the heads see neighbouring tokens.",
     )
     add("--critic_learning_rate", type=float, default=None, help="Learning rate of the heads (default: the LoRA's).")
     add("--anystep_prob", type=float, default=0.5, help="Share of generator rows with a random target s > 0.")
@@ -133,6 +147,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         parser.error("--pretrained_model_name_or_path (the flow SR base to distil) is required.")
     if args.zero_init_output and (not args.full_finetune or args.lambda_flow != 0):
         parser.error("--zero_init_output needs --full_finetune and --lambda_flow 0.")
+    if args.critic_kernel_size < 1 or args.critic_kernel_size % 2 == 0:
+        parser.error(f"--critic_kernel_size must be an odd positive integer, got {args.critic_kernel_size}.")
     return args
 
 
@@ -145,6 +161,7 @@ def distillation_config(args: argparse.Namespace) -> DistillationConfig:
         lambda_consistency=args.lambda_consistency,
         lambda_gradient=args.lambda_gradient,
         lambda_spectral=args.lambda_spectral,
+        lambda_grid=args.lambda_grid,
         rectification=not args.no_rectification,
         reconstruction_only=args.reconstruction_only,
         anystep_prob=args.anystep_prob,
@@ -181,7 +198,7 @@ def build_objective(args: argparse.Namespace, transformer: torch.nn.Module) -> S
     heads = None
     if config.uses_critic:
         blocks = parse_critic_blocks(args.critic_blocks, len(transformer.transformer_blocks))
-        heads = CriticHeads(transformer.inner_dim, blocks)
+        heads = CriticHeads(transformer.inner_dim, blocks, kernel_size=args.critic_kernel_size)
     return SelfAdversarialObjective(config, heads)
 
 
