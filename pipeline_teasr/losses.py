@@ -224,9 +224,10 @@ class CriticHeads(nn.Module):
 
     With `kernel_size=1` (the default) each head is `LayerNorm + Linear(dim, 1)` on each token on its own. Such heads
     see one patch at a time and reward token-scale high-frequency energy, which the generator supplies as a lattice
-    (docs/RESULTS.md, "The self-critic" and "A grid loss for the self-critic"). With `kernel_size=k > 1` each head is
-    `LayerNorm`, a `k x k` convolution over the token grid to `dim // 2` channels, SiLU and a `1 x 1` convolution to
-    one logit: it reads a neighbourhood of `k x k` tokens, enough to tell a repeated pattern from texture.
+    (docs/RESULTS.md, "The self-critic"). With `kernel_size=k > 1` each head is `LayerNorm`, a `k x k` convolution
+    over the token grid to `dim // 2` channels, SiLU and a `1 x 1` convolution to one logit: it compares each token
+    with its neighbours (measured on teasr-mini in docs/RESULTS.md, "A grid loss and wider heads for the
+    self-critic": half the grid of per-token heads, not detail).
 
     Args:
         hidden_dim (`int`): width of the transformer's token states (`inner_dim`).
