@@ -291,6 +291,7 @@ def self_adversarial_losses(
     device = z0.device
     backbone = unwrap_module(model)
     n_blocks = len(backbone.transformer_blocks)
+    patch = backbone.config.patch_size
 
     def randn() -> torch.Tensor:
         return torch.randn(z0.shape, generator=generator, device=generator.device).to(z0)
@@ -357,7 +358,7 @@ def self_adversarial_losses(
         loss_spec = spectral_loss(clean_estimate, z0[bridge]) * bridge.float().mean()
     loss_grid = zero
     if config.lambda_grid > 0:
-        loss_grid = patch_grid_loss(rec_prediction, rec_target, backbone.config.patch_size, weight)
+        loss_grid = patch_grid_loss(rec_prediction, rec_target, patch, weight)
 
     loss_adv, loss_critic, loss_cons = zero, zero, zero
     logits_real_mean, logits_fake_mean = zero, zero
@@ -376,9 +377,7 @@ def self_adversarial_losses(
         level = torch.where(bridge, torch.zeros_like(s), s)
         real_in, fake_in, critic_c = renoise(real, level, tau, noise), renoise(fake, level, tau, noise), c
         if config.critic_patch_shift:
-            real_in, fake_in, critic_c = shift_within_patch(
-                [real_in, fake_in, critic_c], backbone.config.patch_size, generator
-            )
+            real_in, fake_in, critic_c = shift_within_patch([real_in, fake_in, critic_c], patch, generator)
         with torch.no_grad():
             real_states = backbone(
                 real_in, critic_c, timestep=tau, target_timestep=tau, output_hidden_states_at=blocks
@@ -392,7 +391,6 @@ def self_adversarial_losses(
             output_hidden_states_at=blocks,
         ).block_hidden_states
         # Heads: hinge on detached states (real and fake in one call, so DDP sees a single forward).
-        patch = backbone.config.patch_size
         grid_size = (fake_in.shape[-2] // patch, fake_in.shape[-1] // patch)
         head_logits = critic_heads(
             [torch.cat([r, f.detach()]) for r, f in zip(real_states, fake_states)], grid_size=grid_size

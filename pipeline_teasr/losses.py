@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.func import functional_call
 
+from .transformer_teasr import _tokens_to_grid
+
 CRITIC_HEADS_WEIGHTS_NAME = "critic_heads.safetensors"
 
 __all__ = [
@@ -283,8 +285,7 @@ class CriticHeads(nn.Module):
         for norm, head, h in zip(self.norms, self.heads, hidden_states):
             if h.shape[1] != rows * cols:
                 raise ValueError(f"{h.shape[1]} tokens do not fill a {rows} x {cols} token grid.")
-            grid = norm(h.to(dtype)).transpose(1, 2).reshape(h.shape[0], self.hidden_dim, rows, cols)
-            logits.append(head(grid).flatten(1))
+            logits.append(head(_tokens_to_grid(norm(h.to(dtype)), rows, cols)).flatten(1))
         return torch.cat(logits, dim=1)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
