@@ -167,16 +167,34 @@ def resolve_device_and_dtype(device: str | None, dtype: str):
     return resolved, torch_dtype
 
 
+def _looks_like_local_path(model: str) -> bool:
+    """Whether `model` names a local folder rather than a Hub repo id ("name" or "namespace/name")."""
+    path = Path(model).expanduser()
+    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model:
+        return True
+    # "runs/teasr" whose "runs" is a folder here is a path; "namespace/name" with no such folder is a repo id.
+    return path.parent != Path(".") and path.parent.is_dir()
+
+
 def load_pipeline(model: str | None, device: str | None, dtype: str):
     """Load the pipeline the CLI, the Space and the benchmarks share: `model` or the embedded default."""
     from .hub import default_model_path
     from .pipeline_teasr import TEASRPipeline
 
+    if model is not None and not Path(model).exists() and _looks_like_local_path(model):
+        raise CLIError(f"model folder not found: {model}")
     torch_device, torch_dtype = resolve_device_and_dtype(device, dtype)
     try:
         pipe = TEASRPipeline.from_pretrained(model or default_model_path(), torch_dtype=torch_dtype)
     except ValueError as error:
         raise CLIError(str(error)) from None
+    except OSError as error:
+        if model is not None and not Path(model).exists():
+            raise CLIError(
+                f"model {model!r} is not a local folder and could not be loaded from the Hugging Face Hub or its "
+                "cache (offline, or no such repo): pass a folder with model_index.json or a repo id you can reach"
+            ) from None
+        raise CLIError(f"cannot load the model in {model or default_model_path()}: {error}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(torch_device)
 

@@ -262,7 +262,24 @@ def test_missing_model_is_one_line(tmp_path, capsys):
     random_photo(8, 8).save(source)
     code = main(["upscale", str(source), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1, err
+    assert code == 2 and err == f"teasr: error: model folder not found: {tmp_path / 'nowhere'}\n", err
+
+
+def test_a_hub_repo_that_cannot_be_reached_is_one_clear_error(tmp_path):
+    source = tmp_path / "photo.png"
+    random_photo(8, 8).save(source)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline_teasr.cli", "upscale", str(source), "-o", "o.png", "--model", "nobody/none"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "teasr: error: model 'nobody/none' is not a local folder and could not be loaded from the Hugging Face Hub"
+        )
+    )
 
 
 def test_console_script_has_no_traceback(tiny_pipeline_dir, tmp_path):

@@ -175,7 +175,8 @@ def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_pac
             random_photo(64, 96, seed=200 + seed).save(lomiri[package] / name)
     monkeypatch.setattr(prepare_data, "MAX_TRAIN_SIDE", 48)  # the camera originals are brought down to this side
 
-    prepare_data.build(tmp_path / "out", mate_dir=mate, plasma_dir=plasma, lomiri_dirs=lomiri)
+    sources = tmp_path / "sources"
+    prepare_data.build(tmp_path / "out", mate_dir=mate, plasma_dir=plasma, lomiri_dirs=lomiri, sources_dir=sources)
     train = sorted(path.name for path in (tmp_path / "out" / "train").iterdir())
     lomiri_count = sum(len(names) for names in prepare_data.LOMIRI_PHOTOS.values())
     assert len(train) == 3 * (10 + len(prepare_data.PLASMA_PHOTOS) + lomiri_count) == 3 * 36
@@ -188,6 +189,16 @@ def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_pac
     assert "mate_LadyBird.png" in heldout and "skimage_astronaut.png" in heldout and len(heldout) == 6
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest == {"train": train, "heldout": heldout}
+
+    # The kept sources rebuild the same folders with no package and no unpacked folder (a machine without apt-get).
+    kept = sorted(str(path.relative_to(sources)) for path in sources.rglob("*.jpg"))
+    assert len(kept) == 12 + len(prepare_data.PLASMA_PHOTOS) + lomiri_count
+    assert "plasma/Kite/contents/images/2560x1600.jpg" in kept and "mate/Storm.jpg" in kept
+    prepare_data.build(tmp_path / "rebuilt", sources_dir=sources)
+    assert json.loads((tmp_path / "rebuilt" / "manifest.json").read_text()) == manifest
+    for name in ("plasma_Kite_25.png", "lomiri_Bridge_100.png", "Photo3_50.png"):
+        rebuilt = np.asarray(PIL.Image.open(tmp_path / "rebuilt" / "train" / name))
+        assert np.array_equal(rebuilt, np.asarray(PIL.Image.open(tmp_path / "out" / "train" / name)))
 
     (plasma / "Kite" / "contents" / "images" / "2560x1600.jpg").unlink()
     with pytest.raises(SystemExit, match="missing Plasma photos"):
@@ -234,6 +245,7 @@ def test_recipe_trains_the_main_run_beside_the_ablations_then_resumes_it_and_ext
         "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable,
         "DATA": str(data), "RUNS": str(runs), "MODEL_CONFIG": tiny, "FLOW_STEPS": "1", "ABLATION_STEPS": "1",
         "PARALLEL_STEPS": "2", "DISTILL_STEPS": "3", "DISTILL_FLAGS": "--checkpointing_steps 1",
+        "BATCH_SIZE": "3", "TRAIN_FLAGS": "--dataloader_num_workers 1",
     }  # fmt: skip
 
     def recipe(stages: str, **overrides: str) -> str:
@@ -254,8 +266,56 @@ def test_recipe_trains_the_main_run_beside_the_ablations_then_resumes_it_and_ext
         "teasr_short": 1, "coupled": 1, "no_rect": 1, "critic": 1, "teasr": 3,
     }  # fmt: skip
     assert "teasr/checkpoint-2 at step 2" in log  # the second phase resumed where the first stopped
+    for run in ("flow_base", "teasr", "critic"):  # BATCH_SIZE and TRAIN_FLAGS reach both training stages
+        args = json.loads((runs / run / "training_args.json").read_text())
+        assert (args["train_batch_size"], args["dataloader_num_workers"]) == (3, 1), run
     assert TEASRPipeline.from_pretrained(runs / "teasr").transformer.config.num_layers == 1
 
     assert "Running teasr training" not in recipe("base distill ablations")
     log = recipe("distill", DISTILL_STEPS="4")
     assert "teasr/checkpoint-3 at step 3" in log and trained_steps("teasr") == 4
+
+
+def test_device_run_trains_to_a_time_budget_and_returns_a_loadable_model(tmp_path):
+    """device_run.sh run (the recipe on a lent GPU), here on the CPU with a tiny model: it times both stages, sizes
+    them to TRAIN_SECONDS, trains and evaluates with recipe.sh, and leaves in $OUT what RECIPE.md unpacks."""
+    data, runs, out = tmp_path / "data", tmp_path / "runs" / "gpu", tmp_path / "out"
+    for folder, count, size in (("train", 3, 96), ("heldout", 2, 64)):
+        (data / folder).mkdir(parents=True)
+        for seed in range(count):
+            random_photo(size, size, seed=seed).save(data / folder / f"photo{seed}.png")
+    (data / "manifest.json").write_text("{}")
+    tiny = '{"patch_size": 4, "in_channels": 48, "out_channels": 3, "num_layers": 1, "attention_head_dim": 8,'
+    tiny += ' "num_attention_heads": 2, "joint_attention_dim": 16, "axes_dims_rope": [2, 2, 4], "lq_skip": true}'
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable, "OUT": str(out),
+        "DATA": str(data), "RUNS": str(runs), "MODEL_CONFIG": tiny, "MIXED_PRECISION": "no",
+        "TRAIN_SECONDS": "4", "BATCH_SIZE": "2", "WORKERS": "0", "PROBE_STEPS": "3",
+    }  # fmt: skip
+    script = RECIPE_DIR / "device_run.sh"
+    result = subprocess.run(["bash", str(script), "run"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = (out / "device_run.log").read_text()
+    assert "FLOW_STEPS=10 DISTILL_STEPS=10" in log  # a budget too small for more gets the floor of 10 steps each
+    assert sorted(path.name for path in out.iterdir()) == [
+        "device_run.log", "flow_base_transformer.safetensors", "teasr_gpu.tar.gz", "transformer.safetensors",
+    ]  # fmt: skip
+
+    back = tmp_path / "back"
+    back.mkdir()
+    subprocess.run(["tar", "-xzf", str(out / "teasr_gpu.tar.gz"), "-C", str(back)], check=True)
+    assert {"gpu.train.log", "gpu.probe_base.log", "eval"} <= {path.name for path in back.iterdir()}
+    report = json.loads((back / "eval" / "teasr_light.json").read_text())
+    assert [result["steps"] for result in report["results"]][:4] == [1, 2, 4, 8]
+    assert not list(back.rglob("*.safetensors"))  # the weights travel as the two files beside the tarball
+    for run, weights in (("teasr", "transformer.safetensors"), ("flow_base", "flow_base_transformer.safetensors")):
+        (out / weights).rename(back / run / "transformer" / "diffusion_pytorch_model.safetensors")
+        pipe = TEASRPipeline.from_pretrained(back / run)
+        assert json.loads((back / run / "training_args.json").read_text())["train_batch_size"] == 2
+        assert pipe.transformer.config.num_layers == 1
+
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert (
+        usage.returncode == 2
+        and usage.stderr.strip() == "usage: bash train_scripts/teasr_mini/device_run.sh prepare|run"
+    )

@@ -8,6 +8,8 @@ heldout/ photos never used in training: scikit-image's astronaut, coffee, chelse
          mate-backgrounds photos, centre-cropped to 256 x 256 (HR ground truth for evaluation).
 
 Usage: python train_scripts/teasr_mini/prepare_data.py --output_dir data/teasr_mini
+       add --sources_dir data/sources to keep the source photos used (31 MB) in a folder that a later build reads
+       instead of fetching the packages: on a machine without apt-get or a network (a lent GPU; device_run.sh).
 """
 
 from __future__ import annotations
@@ -112,6 +114,27 @@ def save_scales(image: PIL.Image.Image, folder: Path, stem: str) -> None:
         resized.save(folder / f"{stem}_{int(scale * 100)}.png")
 
 
+def source_dirs(sources_dir: Path) -> tuple[Path, Path, dict[str, Path]]:
+    """The (mate, plasma, lomiri) folders of a `--sources_dir`, laid out as the unpacked packages' folders."""
+    return sources_dir / "mate", sources_dir / "plasma", {name: sources_dir / name for name in LOMIRI_PHOTOS}
+
+
+def save_sources(sources_dir: Path, mate_dir: Path, plasma_dir: Path, lomiri_dirs: dict[str, Path]) -> None:
+    """Copy the photos a build reads (and only those) into `sources_dir`, in the layout of `source_dirs`."""
+    mate_out, plasma_out, lomiri_out = source_dirs(sources_dir)
+    mate_out.mkdir(parents=True, exist_ok=True)
+    for path in glob.glob(str(mate_dir / "*.jpg")):
+        shutil.copy2(path, mate_out)
+    for path in plasma_photo_paths(plasma_dir):
+        target = plasma_out / path.relative_to(plasma_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    for path in lomiri_photo_paths(lomiri_dirs):
+        package = next(name for name, folder in lomiri_dirs.items() if path.parent == folder)
+        lomiri_out[package].mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, lomiri_out[package])
+
+
 def centre_crop(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     left, top = (image.width - size) // 2, (image.height - size) // 2
     return image.crop((left, top, left + size, top + size))
@@ -122,7 +145,13 @@ def build(
     mate_dir: Path | None = None,
     plasma_dir: Path | None = None,
     lomiri_dirs: dict[str, Path] | None = None,
+    sources_dir: Path | None = None,
 ) -> None:
+    """Write `output_dir`/train, /heldout and manifest.json. The photos come from the given unpacked folders, else
+    from a filled `sources_dir`, else from the Debian packages (apt-get); with `sources_dir` they are kept there."""
+    if sources_dir is not None and (sources_dir / "mate").is_dir():
+        mate_dir, plasma_dir, lomiri_dirs = source_dirs(sources_dir)
+        sources_dir = None  # already kept
     train_dir, heldout_dir = output_dir / "train", output_dir / "heldout"
     manifest_path = output_dir / "manifest.json"
     # Removed first, so that a build that stops part-way leaves no manifest and the recipe builds again.
@@ -138,6 +167,8 @@ def build(
         if lomiri_dirs is None:
             backgrounds = "usr/share/backgrounds"
             lomiri_dirs = {name: fetch_debian_package(name, Path(work)) / backgrounds for name in LOMIRI_PHOTOS}
+        if sources_dir is not None:
+            save_sources(sources_dir, mate_dir, plasma_dir, lomiri_dirs)
         photos = sorted(glob.glob(str(mate_dir / "*.jpg")))
         if len(photos) < 12:
             raise SystemExit(f"expected 12 mate-backgrounds nature photos in {mate_dir}, found {len(photos)}")
@@ -183,9 +214,15 @@ def main() -> None:
         default=None,
         help=f"unpacked usr/share/backgrounds folders of {' and '.join(LOMIRI_PHOTOS)}, in that order",
     )
+    parser.add_argument(
+        "--sources_dir",
+        type=Path,
+        default=None,
+        help="keep the source photos here (a first build), or read them from here (a folder a build filled)",
+    )
     args = parser.parse_args()
     lomiri_dirs = dict(zip(LOMIRI_PHOTOS, args.lomiri_dirs)) if args.lomiri_dirs else None
-    build(args.output_dir, args.mate_dir, args.plasma_dir, lomiri_dirs)
+    build(args.output_dir, args.mate_dir, args.plasma_dir, lomiri_dirs, args.sources_dir)
 
 
 if __name__ == "__main__":

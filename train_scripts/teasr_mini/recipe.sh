@@ -30,6 +30,11 @@ ABLATION_STEPS=${ABLATION_STEPS:-500}
 # Main-run steps taken on one core while the four ablations train on the other: about as long as they take (the
 # critic's run costs twice the others').
 PARALLEL_STEPS=${PARALLEL_STEPS:-$((5 * ABLATION_STEPS))}
+# The batch of both training stages (64 x 64 crops). A GPU takes a larger one at about the same time per step
+# (device_run.sh); the learning rate stays.
+BATCH_SIZE=${BATCH_SIZE:-8}
+# Extra flags for both training scripts, e.g. TRAIN_FLAGS="--dataloader_num_workers 6" where cores are free.
+TRAIN_FLAGS=${TRAIN_FLAGS:-}
 # Extra train_teasr_lora.py flags for every distillation run (main and ablations), e.g.
 # DISTILL_FLAGS="--lambda_gradient 0.5", to try a loss variant with everything else as the recipe has it.
 DISTILL_FLAGS=${DISTILL_FLAGS:-}
@@ -43,7 +48,7 @@ MODEL_CONFIG=${MODEL_CONFIG:-'{"patch_size": 4, "in_channels": 48, "out_channels
 # --cache_images: the 108 training images (550 MB decoded) are decoded once per process instead of for every crop (same crops).
 COMMON="--train_data_dir $DATA/train --resolution 64 --scale 4 --degradation light --random_flip --seed 0
         --checkpointing_steps 50 --checkpoints_total_limit 2 --report_to tensorboard --lr_scheduler constant
-        --cache_images"
+        --cache_images $TRAIN_FLAGS"
 
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 # The step count of a finished training run in $1 (training_args.json is written last), 0 if none finished there.
@@ -65,7 +70,7 @@ distil() {  # distil OUTPUT_DIR STEPS [extra flags...]: full fine-tune distillat
   [ "$(trained_steps "$out")" -ge "$steps" ] && return 0
   # shellcheck disable=SC2086
   $ACCELERATE train_scripts/train_teasr_lora.py --pretrained_model_name_or_path "$RUNS/flow_base" --full_finetune \
-    $COMMON --train_batch_size 8 --learning_rate 2e-4 --lr_warmup_steps 0 --max_train_steps "$steps" \
+    $COMMON --train_batch_size "$BATCH_SIZE" --learning_rate 2e-4 --lr_warmup_steps 0 --max_train_steps "$steps" \
     --checkpointing_steps 100 --lq_anchor_prob 0 --lq_bridge_prob 1 --lq_bridge_start_prob 0.75 --lambda_flow 0 \
     --reconstruction_loss l1 --lambda_spectral 0.3 --zero_init_output --use_ema --ema_decay 0.99 \
     --min_crop_gradient 0.01 --output_dir "$out" $(resume_flag "$out") $DISTILL_FLAGS "$@"
@@ -85,7 +90,7 @@ fi
 if has_stage base && [ ! -f "$RUNS/flow_base/model_index.json" ]; then
   # shellcheck disable=SC2086
   $ACCELERATE train_scripts/train_flow_sr.py --full_finetune --model_config "$MODEL_CONFIG" --zero_init_output \
-    $COMMON --train_batch_size 8 --learning_rate 2e-4 --lr_warmup_steps 50 \
+    $COMMON --train_batch_size "$BATCH_SIZE" --learning_rate 2e-4 --lr_warmup_steps 50 \
     --max_train_steps "$FLOW_STEPS" --output_dir "$RUNS/flow_base" \
     --validation_image examples/astronaut_lq.png --validation_steps 1000 $(resume_flag "$RUNS/flow_base")
 fi

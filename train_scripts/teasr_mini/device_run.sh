@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# teasr-mini on a GPU: the recipe, with a larger batch and as many steps as fit a time budget, in one bounded command
+# that needs no network and leaves the trained model and its held-out evaluation in $OUT (train_scripts/teasr_mini/
+# RECIPE.md, "On a GPU").
+#
+# Here, with a network (once per checkout; both folders are git-ignored):
+#   bash train_scripts/teasr_mini/device_run.sh prepare
+#     .whl/          the wheels the GPU machine's Python 3.12 lacks (diffusers, datasets, kornia and their needs)
+#     data/sources/  the source photos of the training and held-out sets (31 MB; prepare_data.py --sources_dir)
+# On the GPU machine (the repository copied there with .whl/ and data/sources/; about 8 minutes on one H100/H200-class
+# GPU by the time budget below, not yet measured there):
+#   OUT=results bash train_scripts/teasr_mini/device_run.sh run
+#     $OUT/transformer.safetensors            the distilled model's weights (EMA)
+#     $OUT/flow_base_transformer.safetensors  the flow base's (for ablations distilled from it, on any machine)
+#     $OUT/teasr_gpu.tar.gz                   both model folders without those, eval JSONs, logs
+#     $OUT/device_run.log                     this script's log
+# Then: RECIPE.md, "On a GPU" (unpack, evaluate on the CPU like the release).
+#
+# Settings (environment): TRAIN_SECONDS (the two training stages together, default 240), BATCH_SIZE (default 32),
+# WORKERS (data loader processes, default 6), PROBE_STEPS (steps of each timing probe, default 300;
+# checkpoint times have 1 s resolution).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MODE=${1:-}
+WHEELS=(diffusers==0.42.1 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 kornia==0.9.0 kornia_rs==0.2.0
+  importlib_metadata==8.7.0)
+
+if [ "$MODE" = prepare ]; then
+  PY=${PY:-.venv/bin/python}
+  $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl "${WHEELS[@]}"
+  $PY train_scripts/teasr_mini/prepare_data.py --output_dir "${DATA:-data/teasr_mini}" --sources_dir data/sources
+  du -sh .whl data/sources
+  exit 0
+fi
+if [ "$MODE" != run ]; then
+  echo "usage: bash train_scripts/teasr_mini/device_run.sh prepare|run" >&2
+  exit 2
+fi
+
+OUT=${OUT:?set OUT to the folder for the results}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/device_run.log") 2>&1
+started=$(date +%s)
+elapsed() { echo $(($(date +%s) - started)); }
+TRAIN_SECONDS=${TRAIN_SECONDS:-240}
+BATCH_SIZE=${BATCH_SIZE:-32}
+WORKERS=${WORKERS:-6}
+PROBE_STEPS=${PROBE_STEPS:-300}
+RUNS=${RUNS:-runs/gpu}
+DATA=${DATA:-data/teasr_mini}
+mkdir -p "$RUNS"
+
+if [ -z "${PY:-}" ]; then
+  PY=python3
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+  fi
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+$PY -c 'import torch, diffusers, datasets, kornia, accelerate, peft
+print("torch", torch.__version__, "diffusers", diffusers.__version__, "datasets", datasets.__version__,
+      "accelerate", accelerate.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "")'
+if [ ! -f "$DATA/manifest.json" ]; then
+  [ -d data/sources/mate ] || { echo "data/sources is missing: run 'device_run.sh prepare' here and carry it" >&2; exit 1; }
+  $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA" --sources_dir data/sources
+fi
+echo "[$(elapsed) s] data ready"
+
+export PY DATA BATCH_SIZE RUNS MIXED_PRECISION=${MIXED_PRECISION:-bf16}
+export TRAIN_FLAGS="--dataloader_num_workers $WORKERS"
+recipe() { bash train_scripts/teasr_mini/recipe.sh; }
+
+# Seconds per step of each stage, from two short runs whose checkpoint times are logged (start-up excluded).
+seconds_per_step() {  # seconds_per_step LOG: (time of the last checkpoint - time of the first) / steps between them
+  $PY - "$1" <<'PYTHON'
+import re, sys
+from datetime import datetime
+marks = re.findall(r"(\d\d/\d\d/\d{4} \d\d:\d\d:\d\d) - INFO - teasr.train - \[RANK 0\] Saved checkpoint \S*checkpoint-(\d+)",
+                   open(sys.argv[1]).read())
+(t0, s0), (t1, s1) = marks[0], marks[-1]
+fmt = "%m/%d/%Y %H:%M:%S"
+print(max((datetime.strptime(t1, fmt) - datetime.strptime(t0, fmt)).total_seconds(), 1.0) / (int(s1) - int(s0)))
+PYTHON
+}
+every=$((PROBE_STEPS / 3))
+RUNS=$RUNS/probe FLOW_STEPS=$PROBE_STEPS TRAIN_FLAGS="$TRAIN_FLAGS --checkpointing_steps $every" STAGES=base \
+  recipe > "$RUNS.probe_base.log" 2>&1 || { tail -50 "$RUNS.probe_base.log"; exit 1; }
+RUNS=$RUNS/probe DISTILL_STEPS=$PROBE_STEPS DISTILL_FLAGS="--checkpointing_steps $every" STAGES=distill recipe \
+  > "$RUNS.probe_distill.log" 2>&1 || { tail -50 "$RUNS.probe_distill.log"; exit 1; }
+base_sps=$(seconds_per_step "$RUNS.probe_base.log")
+distill_sps=$(seconds_per_step "$RUNS.probe_distill.log")
+# The recipe's split of training time between the stages (1500 base and 5000 distillation steps on the CPU).
+read -r FLOW_STEPS DISTILL_STEPS < <($PY -c "
+budget, base, distill = $TRAIN_SECONDS, $base_sps, $distill_sps
+cpu_base, cpu_distill = 1500 * 0.48, 5000 * 0.29
+share = cpu_base / (cpu_base + cpu_distill)
+print(max(10, int(budget * share / base) // 10 * 10), max(10, int(budget * (1 - share) / distill) // 10 * 10))")
+echo "[$(elapsed) s] probes: base $base_sps s/step, distillation $distill_sps s/step at batch $BATCH_SIZE:" \
+  "FLOW_STEPS=$FLOW_STEPS DISTILL_STEPS=$DISTILL_STEPS"
+
+export FLOW_STEPS DISTILL_STEPS START=lq
+STAGES="base distill" recipe > "$RUNS.train.log" 2>&1 || { tail -80 "$RUNS.train.log"; exit 1; }
+echo "[$(elapsed) s] trained"
+STAGES="eval" recipe > "$RUNS.eval.log" 2>&1 || { tail -50 "$RUNS.eval.log"; exit 1; }
+echo "[$(elapsed) s] evaluated"
+$PY - "$RUNS/eval" <<'PYTHON'
+import json, pathlib, sys
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    for result in json.loads(path.read_text())["results"]:
+        mean = result["mean"]
+        print(f"{path.stem:16s} {result['label']:32s} PSNR-Y {mean['psnr']:.3f} SSIM-Y {mean['ssim']:.4f} "
+              f"HF {mean['hf_ratio']:.3f} grid {mean['grid']:.3f}")
+PYTHON
+
+cp "$RUNS/teasr/transformer/diffusion_pytorch_model.safetensors" "$OUT/transformer.safetensors"
+cp "$RUNS/flow_base/transformer/diffusion_pytorch_model.safetensors" "$OUT/flow_base_transformer.safetensors"
+tar -czf "$OUT/teasr_gpu.tar.gz" --exclude='*.safetensors' --exclude='checkpoint-*' --exclude='logs' \
+  -C "$RUNS" teasr flow_base eval -C .. "$(basename "$RUNS").probe_base.log" "$(basename "$RUNS").probe_distill.log" \
+  "$(basename "$RUNS").train.log" "$(basename "$RUNS").eval.log"
+echo "[$(elapsed) s] done: $(cd "$OUT" && echo *)"
