@@ -19,7 +19,10 @@
 # Settings (environment): TRAIN_SECONDS (the two training stages together, default 240), BATCH_SIZE (default 8, the
 # recipe's: batch 32 learned only 0.05 dB more per step, docs/RESULTS.md),
 # WORKERS (data loader processes, default 6), PROBE_STEPS (steps of each timing probe, default 300;
-# checkpoint times have 1 s resolution).
+# checkpoint times have 1 s resolution). On a GPU a step of this 3.9M-parameter model at batch 8 is probably bound by
+# kernel launches rather than arithmetic (not measured yet: the log's probe line says), in which case a larger
+# BATCH_SIZE or model (MODEL_CONFIG, as in recipe.sh; the card's limits: weights <= 40 MB, a few seconds per CPU
+# upscale) costs little time there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODE=${1:-}
