@@ -69,7 +69,10 @@ print("torch", torch.__version__, "diffusers", diffusers.__version__, "datasets"
       "accelerate", accelerate.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else "")'
 if [ ! -f "$DATA/manifest.json" ]; then
-  [ -d data/sources/mate ] || { echo "data/sources is missing: run 'device_run.sh prepare' here and carry it" >&2; exit 1; }
+  if [ ! -d data/sources/mate ]; then
+    echo "data/sources is missing: run 'device_run.sh prepare' on a machine with a network and copy it here" >&2
+    exit 1
+  fi
   $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA" --sources_dir data/sources
 fi
 echo "[$(elapsed) s] data ready"
@@ -83,8 +86,9 @@ seconds_per_step() {  # seconds_per_step LOG: (time of the last checkpoint - tim
   $PY - "$1" <<'PYTHON'
 import re, sys
 from datetime import datetime
-marks = re.findall(r"(\d\d/\d\d/\d{4} \d\d:\d\d:\d\d) - INFO - teasr.train - \[RANK 0\] Saved checkpoint \S*checkpoint-(\d+)",
-                   open(sys.argv[1]).read())
+stamp = r"(\d\d/\d\d/\d{4} \d\d:\d\d:\d\d)"
+saved = stamp + r" - INFO - teasr.train - \[RANK 0\] Saved checkpoint \S*checkpoint-(\d+)"
+marks = re.findall(saved, open(sys.argv[1]).read())
 (t0, s0), (t1, s1) = marks[0], marks[-1]
 fmt = "%m/%d/%Y %H:%M:%S"
 print(max((datetime.strptime(t1, fmt) - datetime.strptime(t0, fmt)).total_seconds(), 1.0) / (int(s1) - int(s0)))
@@ -106,8 +110,24 @@ print(max(10, int(budget * share / base) // 10 * 10), max(10, int(budget * (1 - 
 echo "[$(elapsed) s] probes: base $base_sps s/step, distillation $distill_sps s/step at batch $BATCH_SIZE:" \
   "FLOW_STEPS=$FLOW_STEPS DISTILL_STEPS=$DISTILL_STEPS"
 
+# Both weights files and a tarball of the run folders (and evaluation JSONs and logs, where there are some) in $OUT:
+# written once the models are trained (so that they come back even if the evaluation runs out of time) and at the end.
+pack() {
+  cp "$RUNS/teasr/transformer/diffusion_pytorch_model.safetensors" "$OUT/transformer.safetensors"
+  cp "$RUNS/flow_base/transformer/diffusion_pytorch_model.safetensors" "$OUT/flow_base_transformer.safetensors"
+  local name folders=(teasr flow_base) logs=()
+  name=$(basename "$RUNS")
+  if [ -d "$RUNS/eval" ]; then folders+=(eval); fi
+  for log in probe_base probe_distill train eval; do
+    if [ -f "$RUNS.$log.log" ]; then logs+=("$name.$log.log"); fi
+  done
+  tar -czf "$OUT/teasr_gpu.tar.gz" --exclude='*.safetensors' --exclude='checkpoint-*' --exclude='logs' \
+    -C "$RUNS" "${folders[@]}" -C .. "${logs[@]}"
+}
+
 export FLOW_STEPS DISTILL_STEPS START=lq
 STAGES="base distill" recipe > "$RUNS.train.log" 2>&1 || { tail -80 "$RUNS.train.log"; exit 1; }
+pack
 echo "[$(elapsed) s] trained"
 STAGES="eval" recipe > "$RUNS.eval.log" 2>&1 || { tail -50 "$RUNS.eval.log"; exit 1; }
 echo "[$(elapsed) s] evaluated"
@@ -120,9 +140,5 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
               f"HF {mean['hf_ratio']:.3f} grid {mean['grid']:.3f}")
 PYTHON
 
-cp "$RUNS/teasr/transformer/diffusion_pytorch_model.safetensors" "$OUT/transformer.safetensors"
-cp "$RUNS/flow_base/transformer/diffusion_pytorch_model.safetensors" "$OUT/flow_base_transformer.safetensors"
-tar -czf "$OUT/teasr_gpu.tar.gz" --exclude='*.safetensors' --exclude='checkpoint-*' --exclude='logs' \
-  -C "$RUNS" teasr flow_base eval -C .. "$(basename "$RUNS").probe_base.log" "$(basename "$RUNS").probe_distill.log" \
-  "$(basename "$RUNS").train.log" "$(basename "$RUNS").eval.log"
+pack
 echo "[$(elapsed) s] done: $(cd "$OUT" && echo *)"
