@@ -194,7 +194,8 @@ def load_pipeline(model: str | None, device: str | None, dtype: str):
                 f"model {model!r} is not a local folder and could not be loaded from the Hugging Face Hub or its "
                 "cache (offline, or no such repo): pass a folder with model_index.json or a repo id you can reach"
             ) from None
-        raise CLIError(f"cannot load the model in {model or default_model_path()}: {error}") from None
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CLIError(f"cannot load the model in {model or default_model_path()}: {reason}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(torch_device)
 

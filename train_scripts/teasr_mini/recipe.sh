@@ -30,8 +30,8 @@ ABLATION_STEPS=${ABLATION_STEPS:-500}
 # Main-run steps taken on one core while the four ablations train on the other: about as long as they take (the
 # critic's run costs twice the others').
 PARALLEL_STEPS=${PARALLEL_STEPS:-$((5 * ABLATION_STEPS))}
-# The batch of both training stages (64 x 64 crops). A GPU takes a larger one at about the same time per step
-# (device_run.sh); the learning rate stays.
+# The batch of both training stages (64 x 64 crops; four times as many learned only 0.05 dB more per step,
+# docs/RESULTS.md, "Larger crops, a higher learning rate, a larger batch, test-time flips").
 BATCH_SIZE=${BATCH_SIZE:-8}
 # Extra flags for both training scripts, e.g. TRAIN_FLAGS="--dataloader_num_workers 6" where cores are free.
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
