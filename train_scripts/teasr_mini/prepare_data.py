@@ -111,7 +111,8 @@ def save_scales(image: PIL.Image.Image, folder: Path, stem: str) -> None:
     for scale in TRAIN_SCALES:
         size = (round(image.width * scale), round(image.height * scale))
         resized = image if scale == 1.0 else image.resize(size, PIL.Image.Resampling.LANCZOS)
-        resized.save(folder / f"{stem}_{int(scale * 100)}.png")
+        # The fastest zlib level: the same pixels, files about a quarter larger, four times faster to write.
+        resized.save(folder / f"{stem}_{int(scale * 100)}.png", compress_level=1)
 
 
 def source_dirs(sources_dir: Path) -> tuple[Path, Path, dict[str, Path]]:
