@@ -245,7 +245,7 @@ def test_recipe_trains_the_main_run_beside_the_ablations_then_resumes_it_and_ext
         "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable,
         "DATA": str(data), "RUNS": str(runs), "MODEL_CONFIG": tiny, "FLOW_STEPS": "1", "ABLATION_STEPS": "1",
         "PARALLEL_STEPS": "2", "DISTILL_STEPS": "3", "DISTILL_FLAGS": "--checkpointing_steps 1",
-        "BATCH_SIZE": "3", "TRAIN_FLAGS": "--dataloader_num_workers 1",
+        "BATCH_SIZE": "3", "TRAIN_FLAGS": "--dataloader_num_workers 1", "TIME_BUDGET_MINUTES": "0",
     }  # fmt: skip
 
     def recipe(stages: str, **overrides: str) -> str:
@@ -274,6 +274,72 @@ def test_recipe_trains_the_main_run_beside_the_ablations_then_resumes_it_and_ext
     assert "Running teasr training" not in recipe("base distill ablations")
     log = recipe("distill", DISTILL_STEPS="4")
     assert "teasr/checkpoint-3 at step 3" in log and trained_steps("teasr") == 4
+
+
+def test_recipe_times_this_machine_and_shrinks_its_step_counts_to_the_time_budget(tmp_path):
+    """recipe.sh with a time budget: timing runs, then all three step counts scaled by one factor, kept in plan.env so
+    that a re-run trains to the same counts."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    (data / "train").mkdir(parents=True)
+    for seed in range(3):
+        random_photo(96, 96, seed=seed).save(data / "train" / f"photo{seed}_25.png")
+    tiny = '{"patch_size": 4, "in_channels": 48, "out_channels": 3, "num_layers": 1, "attention_head_dim": 8,'
+    tiny += ' "num_attention_heads": 2, "joint_attention_dim": 16, "axes_dims_rope": [2, 2, 4], "lq_skip": true}'
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable, "DATA": str(data),
+        "RUNS": str(runs), "MODEL_CONFIG": tiny, "BATCH_SIZE": "2", "MIXED_PRECISION": "no",
+        "FLOW_STEPS": "4", "DISTILL_STEPS": "10", "ABLATION_STEPS": "2", "PROBE_STEPS": "5",
+        "TIME_BUDGET_MINUTES": "0.001", "STAGES": "base distill ablations",
+    }  # fmt: skip
+
+    def recipe() -> str:
+        result = subprocess.run(
+            ["bash", str(RECIPE_DIR / "recipe.sh")], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    log = recipe()
+    # Far too little time: every count falls to its floor (the main run still covers the ablations' parallel phase).
+    assert "recipe: FLOW_STEPS=1 DISTILL_STEPS=5 ABLATION_STEPS=1 (time budget 0.001 minutes)" in log
+    assert (runs / "plan.env").read_text().strip() == "FLOW_STEPS=1 DISTILL_STEPS=5 ABLATION_STEPS=1"
+    assert not (runs / "probe").exists()
+    steps = {
+        run: json.loads((runs / run / "training_args.json").read_text())["max_train_steps"]
+        for run in ("flow_base", "teasr", "teasr_short", "coupled", "no_rect", "critic")
+    }
+    assert steps == {"flow_base": 1, "teasr": 5, "teasr_short": 1, "coupled": 1, "no_rect": 1, "critic": 1}
+    log = recipe()  # resumed: the kept plan, nothing timed or trained again
+    assert "Running teasr training" not in log and "time budget" not in log
+
+
+def test_plan_steps_reads_step_times_from_checkpoint_lines_and_scales_the_recipe_to_its_budget(tmp_path):
+    sys.path.insert(0, str(RECIPE_DIR))
+    try:
+        import plan_steps
+    finally:
+        sys.path.remove(str(RECIPE_DIR))
+    line = "{} - INFO - teasr.train - [RANK 0] Saved checkpoint runs/x/checkpoint-{}\n"
+    log = tmp_path / "train.log"
+    log.write_text(line.format("12/07/2026 04:00:00", 25) + "Steps: 50%\n" + line.format("12/07/2026 04:01:15", 100))
+    assert plan_steps.seconds_per_step(log.read_text()) == pytest.approx(1.0)  # 75 s for 75 steps
+    # Step times measured on the two CPUs of docs/RESULTS.md: the AVX-512 one trains the recipe as written...
+    assert plan_steps.cpu_plan(0.32, 0.53, 90 * 60, 150) == (1500, 5000, 500)
+    # ... the AVX2-only one (0.87 s per base step, 1.8 s per distillation step beside another run) gets 44 % of it.
+    flow, distill, ablation = plan_steps.cpu_plan(0.87, 1.8, 90 * 60, 330)
+    assert (flow, distill, ablation) == (650, 2200, 200)
+    # A budget with room for more never trains more than the counts given.
+    assert plan_steps.cpu_plan(0.01, 0.01, 90 * 60, 0, 100, 300, 20) == (100, 300, 20)
+
+    log.write_text("no checkpoint was saved\n")
+    result = subprocess.run(
+        [sys.executable, str(RECIPE_DIR / "plan_steps.py"), "seconds-per-step", str(log)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "plan_steps.py: the log has fewer than two 'Saved checkpoint' lines: train longer or checkpoint more often"
+    )
 
 
 def test_device_run_trains_to_a_time_budget_and_returns_a_loadable_model(tmp_path):

@@ -77,36 +77,22 @@ if [ ! -f "$DATA/manifest.json" ]; then
 fi
 echo "[$(elapsed) s] data ready"
 
-export PY DATA BATCH_SIZE RUNS MIXED_PRECISION=${MIXED_PRECISION:-bf16}
+export PY DATA BATCH_SIZE RUNS MIXED_PRECISION=${MIXED_PRECISION:-bf16} TIME_BUDGET_MINUTES=0
 export TRAIN_FLAGS="--dataloader_num_workers $WORKERS"
 recipe() { bash train_scripts/teasr_mini/recipe.sh; }
 
 # Seconds per step of each stage, from two short runs whose checkpoint times are logged (start-up excluded).
-seconds_per_step() {  # seconds_per_step LOG: (time of the last checkpoint - time of the first) / steps between them
-  $PY - "$1" <<'PYTHON'
-import re, sys
-from datetime import datetime
-stamp = r"(\d\d/\d\d/\d{4} \d\d:\d\d:\d\d)"
-saved = stamp + r" - INFO - teasr.train - \[RANK 0\] Saved checkpoint \S*checkpoint-(\d+)"
-marks = re.findall(saved, open(sys.argv[1]).read())
-(t0, s0), (t1, s1) = marks[0], marks[-1]
-fmt = "%m/%d/%Y %H:%M:%S"
-print(max((datetime.strptime(t1, fmt) - datetime.strptime(t0, fmt)).total_seconds(), 1.0) / (int(s1) - int(s0)))
-PYTHON
-}
+plan() { $PY train_scripts/teasr_mini/plan_steps.py "$@"; }
 every=$((PROBE_STEPS / 3))
 RUNS=$RUNS/probe FLOW_STEPS=$PROBE_STEPS TRAIN_FLAGS="$TRAIN_FLAGS --checkpointing_steps $every" STAGES=base \
   recipe > "$RUNS.probe_base.log" 2>&1 || { tail -50 "$RUNS.probe_base.log"; exit 1; }
 RUNS=$RUNS/probe DISTILL_STEPS=$PROBE_STEPS DISTILL_FLAGS="--checkpointing_steps $every" STAGES=distill recipe \
   > "$RUNS.probe_distill.log" 2>&1 || { tail -50 "$RUNS.probe_distill.log"; exit 1; }
-base_sps=$(seconds_per_step "$RUNS.probe_base.log")
-distill_sps=$(seconds_per_step "$RUNS.probe_distill.log")
-# The recipe's split of training time between the stages (1500 base and 5000 distillation steps on the CPU).
-read -r FLOW_STEPS DISTILL_STEPS < <($PY -c "
-budget, base, distill = $TRAIN_SECONDS, $base_sps, $distill_sps
-cpu_base, cpu_distill = 1500 * 0.48, 5000 * 0.29
-share = cpu_base / (cpu_base + cpu_distill)
-print(max(10, int(budget * share / base) // 10 * 10), max(10, int(budget * (1 - share) / distill) // 10 * 10))")
+base_sps=$(plan seconds-per-step "$RUNS.probe_base.log")
+distill_sps=$(plan seconds-per-step "$RUNS.probe_distill.log")
+# The recipe's split of training time between the stages, as on the CPU (plan_steps.py).
+read -r FLOW_STEPS DISTILL_STEPS < <(plan gpu --base_seconds "$base_sps" --distill_seconds "$distill_sps" \
+  --train_seconds "$TRAIN_SECONDS")
 echo "[$(elapsed) s] probes: base $base_sps s/step, distillation $distill_sps s/step at batch $BATCH_SIZE:" \
   "FLOW_STEPS=$FLOW_STEPS DISTILL_STEPS=$DISTILL_STEPS"
 

@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+RECIPE_STARTED=$(date +%s)
 PY=${PY:-.venv/bin/python}
 # bfloat16 autocast (the weights and the optimiser stay float32) where the hardware has it: a GPU, or a CPU with
 # native bfloat16 (AVX512-BF16/AMX; 1.35x faster per distillation step at the same quality, docs/RESULTS.md,
@@ -24,12 +25,20 @@ ACCELERATE=${ACCELERATE:-"$PY -m accelerate.commands.launch --num_processes 1 --
 DATA=${DATA:-data/teasr_mini}
 RUNS=${RUNS:-runs/teasr_mini}
 STAGES=${STAGES:-"data base distill choose ablations eval report export"}
+# The whole recipe (data to evaluation) is held to TIME_BUDGET_MINUTES (the teasr-mini issue's 90; 0: no limit): before
+# training, short timing runs (PROBE_STEPS base steps, 3/5 as many distillation steps) measure this machine, and where
+# the step counts below would not fit, all three shrink by one factor (plan_steps.py; on the AVX-512 machine they fit
+# as they are). The plan is kept in $RUNS/plan.env, so that a resumed recipe trains to the same counts; to train
+# other counts into a planned run folder (say, a longer DISTILL_STEPS), set TIME_BUDGET_MINUTES=0.
+TIME_BUDGET_MINUTES=${TIME_BUDGET_MINUTES:-90}
+PROBE_STEPS=${PROBE_STEPS:-100}
 FLOW_STEPS=${FLOW_STEPS:-1500}
 DISTILL_STEPS=${DISTILL_STEPS:-5000}
 ABLATION_STEPS=${ABLATION_STEPS:-500}
-# Main-run steps taken on one core while the four ablations train on the other: about as long as they take (the
-# critic's run costs twice the others').
-PARALLEL_STEPS=${PARALLEL_STEPS:-$((5 * ABLATION_STEPS))}
+if [ "$TIME_BUDGET_MINUTES" != 0 ] && [ -f "$RUNS/plan.env" ]; then
+  # shellcheck disable=SC1091
+  source "$RUNS/plan.env"
+fi
 # The batch of both training stages (64 x 64 crops; four times as many learned only 0.05 dB more per step,
 # docs/RESULTS.md, "Larger crops, a higher learning rate, a larger batch, test-time flips").
 BATCH_SIZE=${BATCH_SIZE:-8}
@@ -68,7 +77,7 @@ distil() {  # distil OUTPUT_DIR STEPS [extra flags...]: full fine-tune distillat
   local out=$1 steps=$2
   shift 2
   [ "$(trained_steps "$out")" -ge "$steps" ] && return 0
-  # shellcheck disable=SC2086
+  # shellcheck disable=SC2086,SC2046
   $ACCELERATE train_scripts/train_teasr_lora.py --pretrained_model_name_or_path "$RUNS/flow_base" --full_finetune \
     $COMMON --train_batch_size "$BATCH_SIZE" --learning_rate 2e-4 --lr_warmup_steps 0 --max_train_steps "$steps" \
     --checkpointing_steps 100 --lq_anchor_prob 0 --lq_bridge_prob 1 --lq_bridge_start_prob 0.75 --lambda_flow 0 \
@@ -87,12 +96,46 @@ if has_stage data; then
   [ -f "$DATA/manifest.json" ] || $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA"
 fi
 
-if has_stage base && [ ! -f "$RUNS/flow_base/model_index.json" ]; then
-  # shellcheck disable=SC2086
+train_base() {  # train_base OUTPUT_DIR STEPS [extra flags...]: the flow-matching base, from scratch
+  local out=$1 steps=$2
+  shift 2
+  # shellcheck disable=SC2086,SC2046
   $ACCELERATE train_scripts/train_flow_sr.py --full_finetune --model_config "$MODEL_CONFIG" --zero_init_output \
     $COMMON --train_batch_size "$BATCH_SIZE" --learning_rate 2e-4 --lr_warmup_steps 50 \
-    --max_train_steps "$FLOW_STEPS" --output_dir "$RUNS/flow_base" \
-    --validation_image examples/astronaut_lq.png --validation_steps 1000 $(resume_flag "$RUNS/flow_base")
+    --max_train_steps "$steps" --output_dir "$out" $(resume_flag "$out") "$@"
+}
+
+if has_stage base && has_stage distill && [ "$TIME_BUDGET_MINUTES" != 0 ] \
+  && [ ! -f "$RUNS/plan.env" ] && [ ! -f "$RUNS/flow_base/model_index.json" ]; then
+  # Timing runs (thrown away): PROBE_STEPS base steps on every core, then 3/5 as many distillation steps of two runs
+  # side by side on one core each, as the main run and the ablations train; seconds per step from checkpoint times.
+  probe=$RUNS/probe
+  rm -rf "$probe"
+  mkdir -p "$probe"
+  train_base "$probe/flow_base" "$PROBE_STEPS" --checkpointing_steps $((PROBE_STEPS / 4)) 2>&1 | tee "$probe/base.log"
+  probe_distil() {  # probe_distil NAME: one of the two side-by-side distillation timing runs
+    RUNS=$probe DISTILL_FLAGS="$DISTILL_FLAGS --checkpointing_steps $((PROBE_STEPS / 5))" OMP_NUM_THREADS=1 \
+      distil "$probe/$1" $((PROBE_STEPS * 3 / 5)) --reconstruction_only
+  }
+  probe_distil other > "$probe/other.log" 2>&1 &
+  probe_distil beside 2>&1 | tee "$probe/beside.log"
+  wait $!
+  plan=$($PY train_scripts/teasr_mini/plan_steps.py cpu --base_log "$probe/base.log" \
+    --beside_log "$probe/beside.log" --budget_minutes "$TIME_BUDGET_MINUTES" \
+    --elapsed_seconds $(($(date +%s) - RECIPE_STARTED)) --flow_steps "$FLOW_STEPS" \
+    --distill_steps "$DISTILL_STEPS" --ablation_steps "$ABLATION_STEPS")
+  echo "$plan" > "$RUNS/plan.env"
+  rm -rf "$probe"
+  # shellcheck disable=SC1091
+  source "$RUNS/plan.env"
+  echo "recipe: $plan (time budget $TIME_BUDGET_MINUTES minutes)"
+fi
+# Main-run steps taken on one core while the four ablations train on the other: about as long as they take (the
+# critic's run costs twice the others').
+PARALLEL_STEPS=${PARALLEL_STEPS:-$((5 * ABLATION_STEPS))}
+
+if has_stage base && [ "$(trained_steps "$RUNS/flow_base")" -lt "$FLOW_STEPS" ]; then
+  train_base "$RUNS/flow_base" "$FLOW_STEPS" --validation_image examples/astronaut_lq.png --validation_steps 1000
 fi
 
 distil_main() {  # distil_main STEPS: the release's run, to STEPS steps (resuming from its latest checkpoint)
@@ -104,9 +147,9 @@ distil_main() {  # distil_main STEPS: the release's run, to STEPS steps (resumin
 # 0.29 s); then the main run resumes on every core.
 ablations_pid=""
 if has_stage ablations && has_stage distill; then
-  (export OMP_NUM_THREADS=1 && ablations) &
+  OMP_NUM_THREADS=1 ablations &
   ablations_pid=$!
-  (export OMP_NUM_THREADS=1 && distil_main $((PARALLEL_STEPS < DISTILL_STEPS ? PARALLEL_STEPS : DISTILL_STEPS)))
+  OMP_NUM_THREADS=1 distil_main $((PARALLEL_STEPS < DISTILL_STEPS ? PARALLEL_STEPS : DISTILL_STEPS))
   wait "$ablations_pid"
 elif has_stage ablations; then
   ablations
