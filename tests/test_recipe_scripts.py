@@ -312,6 +312,14 @@ def test_recipe_times_this_machine_and_shrinks_its_step_counts_to_the_time_budge
     log = recipe()  # resumed: the kept plan, nothing timed or trained again
     assert "Running teasr training" not in log and "time budget" not in log
 
+    result = subprocess.run(
+        ["bash", str(RECIPE_DIR / "recipe.sh")], env={**env, "PROBE_STEPS": "3"}, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "recipe: PROBE_STEPS must be at least 5 (each timing run needs two checkpoints to time between)"
+    )
+
 
 def test_plan_steps_reads_step_times_from_checkpoint_lines_and_scales_the_recipe_to_its_budget(tmp_path):
     sys.path.insert(0, str(RECIPE_DIR))

@@ -83,7 +83,7 @@ recipe() { bash train_scripts/teasr_mini/recipe.sh; }
 
 # Seconds per step of each stage, from two short runs whose checkpoint times are logged (start-up excluded).
 plan() { $PY train_scripts/teasr_mini/plan_steps.py "$@"; }
-every=$((PROBE_STEPS / 3))
+every=$((PROBE_STEPS >= 3 ? PROBE_STEPS / 3 : 1))  # at least two checkpoints to time between, where it can
 RUNS=$RUNS/probe FLOW_STEPS=$PROBE_STEPS TRAIN_FLAGS="$TRAIN_FLAGS --checkpointing_steps $every" STAGES=base \
   recipe > "$RUNS.probe_base.log" 2>&1 || { tail -50 "$RUNS.probe_base.log"; exit 1; }
 RUNS=$RUNS/probe DISTILL_STEPS=$PROBE_STEPS DISTILL_FLAGS="--checkpointing_steps $every" STAGES=distill recipe \

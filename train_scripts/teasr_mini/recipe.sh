@@ -32,6 +32,10 @@ STAGES=${STAGES:-"data base distill choose ablations eval report export"}
 # other counts into a planned run folder (say, a longer DISTILL_STEPS), set TIME_BUDGET_MINUTES=0.
 TIME_BUDGET_MINUTES=${TIME_BUDGET_MINUTES:-90}
 PROBE_STEPS=${PROBE_STEPS:-100}
+if [ "$TIME_BUDGET_MINUTES" != 0 ] && [ "$PROBE_STEPS" -lt 5 ]; then
+  echo "recipe: PROBE_STEPS must be at least 5 (each timing run needs two checkpoints to time between)" >&2
+  exit 2
+fi
 FLOW_STEPS=${FLOW_STEPS:-1500}
 DISTILL_STEPS=${DISTILL_STEPS:-5000}
 ABLATION_STEPS=${ABLATION_STEPS:-500}
