@@ -29,7 +29,8 @@ STAGES=${STAGES:-"data base distill choose ablations eval report export"}
 # training, short timing runs (PROBE_STEPS base steps, 3/5 as many distillation steps) measure this machine, and where
 # the step counts below would not fit, all three shrink by one factor (plan_steps.py; on the AVX-512 machine they fit
 # as they are). The plan is kept in $RUNS/plan.env, so that a resumed recipe trains to the same counts; to train
-# other counts into a planned run folder (say, a longer DISTILL_STEPS), set TIME_BUDGET_MINUTES=0.
+# other counts into a planned run folder (say, a longer DISTILL_STEPS), set TIME_BUDGET_MINUTES=0 and all three
+# counts (a count left unset is its default below, and a base trained to fewer steps would be trained further).
 TIME_BUDGET_MINUTES=${TIME_BUDGET_MINUTES:-90}
 PROBE_STEPS=${PROBE_STEPS:-100}
 if [ "$TIME_BUDGET_MINUTES" != 0 ] && [ "$PROBE_STEPS" -lt 5 ]; then
