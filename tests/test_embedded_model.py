@@ -54,3 +54,11 @@ def test_embedded_code_copies_match_the_library():
     }
     stale = [name for name, copy in copies.items() if copy.read_bytes() != (library / name).read_bytes()]
     assert not stale, f"model_card/ has stale copies of {stale}: run `teasr export model_card --model ...`"
+
+
+def test_model_card_carries_the_committed_training_recipe():
+    """The card's "Training recipe" section is train_scripts/teasr_mini/RECIPE.md as committed (`teasr export
+    --training-recipe` copies it in); an edit to one without the other would describe a recipe nobody runs."""
+    recipe = EMBEDDED_MODEL_DIR.parent / "train_scripts" / "teasr_mini" / "RECIPE.md"
+    card = (EMBEDDED_MODEL_DIR / "README.md").read_text()
+    assert recipe.read_text().strip() in card
