@@ -27,6 +27,29 @@ def _run(*args: str, script: Path = PROBE) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
 
 
+# A one-block transformer with the recipe's patch and LQ-skip layout, whose training steps take well under a second.
+TINY_MODEL_CONFIG = (
+    '{"patch_size": 4, "in_channels": 48, "out_channels": 3, "num_layers": 1, "attention_head_dim": 8,'
+    ' "num_attention_heads": 2, "joint_attention_dim": 16, "axes_dims_rope": [2, 2, 4], "lq_skip": true}'
+)
+
+
+def _training_photos(folder: Path) -> None:
+    """Three 96 x 96 photos named like the recipe's 25 % training scale."""
+    folder.mkdir(parents=True)
+    for seed in range(3):
+        random_photo(96, 96, seed=seed).save(folder / f"photo{seed}_25.png")
+
+
+def _run_recipe(env: dict[str, str]) -> str:
+    """recipe.sh with exactly this environment; asserts it succeeded and returns its output."""
+    result = subprocess.run(
+        ["bash", str(RECIPE_DIR / "recipe.sh")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
 def test_regression_probe_trains_and_reports_gains_over_bicubic(tmp_path):
     names = ("Garden_25", "Wood_25", "Aqua_25", "Blinds_25", "Wood_50", "Aqua_50", "Blinds_50")
     for seed, name in enumerate(names):
@@ -236,25 +259,16 @@ def test_recipe_trains_the_main_run_beside_the_ablations_then_resumes_it_and_ext
     """recipe.sh: the main run's first PARALLEL_STEPS steps train beside the ablations, the rest resume on every core;
     a re-run skips finished runs, and a larger DISTILL_STEPS continues the finished run from its last checkpoint."""
     data, runs = tmp_path / "data", tmp_path / "runs"
-    (data / "train").mkdir(parents=True)
-    for seed in range(3):
-        random_photo(96, 96, seed=seed).save(data / "train" / f"photo{seed}_25.png")
-    tiny = '{"patch_size": 4, "in_channels": 48, "out_channels": 3, "num_layers": 1, "attention_head_dim": 8,'
-    tiny += ' "num_attention_heads": 2, "joint_attention_dim": 16, "axes_dims_rope": [2, 2, 4], "lq_skip": true}'
+    _training_photos(data / "train")
     env = {
-        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable,
-        "DATA": str(data), "RUNS": str(runs), "MODEL_CONFIG": tiny, "FLOW_STEPS": "1", "ABLATION_STEPS": "1",
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable, "DATA": str(data),
+        "RUNS": str(runs), "MODEL_CONFIG": TINY_MODEL_CONFIG, "FLOW_STEPS": "1", "ABLATION_STEPS": "1",
         "PARALLEL_STEPS": "2", "DISTILL_STEPS": "3", "DISTILL_FLAGS": "--checkpointing_steps 1",
         "BATCH_SIZE": "3", "TRAIN_FLAGS": "--dataloader_num_workers 1", "TIME_BUDGET_MINUTES": "0",
     }  # fmt: skip
 
     def recipe(stages: str, **overrides: str) -> str:
-        result = subprocess.run(
-            ["bash", str(RECIPE_DIR / "recipe.sh")], env={**env, "STAGES": stages, **overrides},
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stdout + result.stderr
+        return _run_recipe({**env, "STAGES": stages, **overrides})
 
     def trained_steps(run: str) -> int:
         return json.loads((runs / run / "training_args.json").read_text())["max_train_steps"]
@@ -280,26 +294,15 @@ def test_recipe_times_this_machine_and_shrinks_its_step_counts_to_the_time_budge
     """recipe.sh with a time budget: timing runs, then all three step counts scaled by one factor, kept in plan.env so
     that a re-run trains to the same counts."""
     data, runs = tmp_path / "data", tmp_path / "runs"
-    (data / "train").mkdir(parents=True)
-    for seed in range(3):
-        random_photo(96, 96, seed=seed).save(data / "train" / f"photo{seed}_25.png")
-    tiny = '{"patch_size": 4, "in_channels": 48, "out_channels": 3, "num_layers": 1, "attention_head_dim": 8,'
-    tiny += ' "num_attention_heads": 2, "joint_attention_dim": 16, "axes_dims_rope": [2, 2, 4], "lq_skip": true}'
+    _training_photos(data / "train")
     env = {
         "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable, "DATA": str(data),
-        "RUNS": str(runs), "MODEL_CONFIG": tiny, "BATCH_SIZE": "2", "MIXED_PRECISION": "no",
+        "RUNS": str(runs), "MODEL_CONFIG": TINY_MODEL_CONFIG, "BATCH_SIZE": "2", "MIXED_PRECISION": "no",
         "FLOW_STEPS": "4", "DISTILL_STEPS": "10", "ABLATION_STEPS": "2", "PROBE_STEPS": "5",
         "TIME_BUDGET_MINUTES": "0.001", "STAGES": "base distill ablations",
     }  # fmt: skip
 
-    def recipe() -> str:
-        result = subprocess.run(
-            ["bash", str(RECIPE_DIR / "recipe.sh")], env=env, capture_output=True, text=True, timeout=600
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stdout + result.stderr
-
-    log = recipe()
+    log = _run_recipe(env)
     # Far too little time: every count falls to its floor (the main run still covers the ablations' parallel phase).
     assert "recipe: FLOW_STEPS=1 DISTILL_STEPS=5 ABLATION_STEPS=1 (time budget 0.001 minutes)" in log
     assert (runs / "plan.env").read_text().strip() == "FLOW_STEPS=1 DISTILL_STEPS=5 ABLATION_STEPS=1"
@@ -309,7 +312,7 @@ def test_recipe_times_this_machine_and_shrinks_its_step_counts_to_the_time_budge
         for run in ("flow_base", "teasr", "teasr_short", "coupled", "no_rect", "critic")
     }
     assert steps == {"flow_base": 1, "teasr": 5, "teasr_short": 1, "coupled": 1, "no_rect": 1, "critic": 1}
-    log = recipe()  # resumed: the kept plan, nothing timed or trained again
+    log = _run_recipe(env)  # resumed: the kept plan, nothing timed or trained again
     assert "Running teasr training" not in log and "time budget" not in log
 
     result = subprocess.run(
@@ -359,11 +362,9 @@ def test_device_run_trains_to_a_time_budget_and_returns_a_loadable_model(tmp_pat
         for seed in range(count):
             random_photo(size, size, seed=seed).save(data / folder / f"photo{seed}.png")
     (data / "manifest.json").write_text("{}")
-    tiny = '{"patch_size": 4, "in_channels": 48, "out_channels": 3, "num_layers": 1, "attention_head_dim": 8,'
-    tiny += ' "num_attention_heads": 2, "joint_attention_dim": 16, "axes_dims_rope": [2, 2, 4], "lq_skip": true}'
     env = {
         "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable, "OUT": str(out),
-        "DATA": str(data), "RUNS": str(runs), "MODEL_CONFIG": tiny, "MIXED_PRECISION": "no",
+        "DATA": str(data), "RUNS": str(runs), "MODEL_CONFIG": TINY_MODEL_CONFIG, "MIXED_PRECISION": "no",
         "TRAIN_SECONDS": "4", "BATCH_SIZE": "2", "WORKERS": "0", "PROBE_STEPS": "3",
     }  # fmt: skip
     script = RECIPE_DIR / "device_run.sh"
