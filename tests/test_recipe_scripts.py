@@ -54,12 +54,18 @@ def test_regression_probe_trains_and_reports_gains_over_bicubic(tmp_path):
     names = ("Garden_25", "Wood_25", "Aqua_25", "Blinds_25", "Wood_50", "Aqua_50", "Blinds_50")
     for seed, name in enumerate(names):
         random_photo(136, 144, seed=seed).save(tmp_path / f"{name}.png")
-    result = _run("--arch", "cnn", "--data", str(tmp_path), "--steps", "2", "--eval_every", "2")
+    heldout = tmp_path / "heldout"
+    heldout.mkdir()
+    for seed in range(2):
+        random_photo(64, 64, seed=10 + seed).save(heldout / f"held{seed}.png")
+    args = ("--arch", "cnn", "--data", str(tmp_path), "--steps", "2", "--eval_every", "2", "--heldout", str(heldout))
+    result = _run(*args)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["step"] for line in lines] == [2]
     for line in lines:
         assert line["arch"] == "cnn" and isinstance(line["gain_db"], float) and isinstance(line["ema_gain_db"], float)
+        assert isinstance(line["heldout_ema_gain_db"], float) and abs(line["heldout_ema_gain_db"]) < 10
 
     empty = tmp_path / "empty"
     empty.mkdir()

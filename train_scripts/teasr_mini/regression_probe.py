@@ -9,6 +9,10 @@ and degradations (64 x 64 crops of the training photos, batch 8, AdamW), and pri
 JSON line with the PSNR-Y gain over bicubic of the raw and the moving-average (EMA) weights on 8 fixed crops of
 TRAINING photos (128 x 128, never the held-out set). A model that cannot beat bicubic this way will not do so after
 distillation either: regression to the mean is the best PSNR any 1-step sampler can reach.
+
+With `--heldout DIR` each line also carries `heldout_ema_gain_db`: the EMA weights' mean PSNR-Y gain over PIL
+bicubic on the photos in DIR, degraded as `teasr eval --degradation light --seed 0` degrades them (the same LR
+images), so the probe's ceiling can be set beside the distilled model's. It is read, never used to choose anything.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from probe_crops import degraded_crops, load_photo
 
 from pipeline_teasr.degradations import DegradationConfig, RealWorldDegradation
+from pipeline_teasr.evaluation import baseline_upscale, image_seed, load_rgb, mod_crop, synthesize_lr
 from pipeline_teasr.metrics import psnr_y
 from pipeline_teasr.transformer_teasr import SMALL_PIXEL_CONFIG, TEASRTransformer2DModel
 
@@ -87,9 +92,37 @@ class HybridRegressor(nn.Module):
         return self.transformer(c) + self.convs(c) - c
 
 
-def upscale(lq: torch.Tensor, size: int) -> torch.Tensor:
+def upscale(lq: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Bicubic upscaling to `size`, in [-1, 1] (the pipeline's pixel-space latents)."""
-    return F.interpolate(lq, size=(size, size), mode="bicubic", align_corners=False) * 2 - 1
+    size = (size, size) if isinstance(size, int) else size
+    return F.interpolate(lq, size=size, mode="bicubic", align_corners=False) * 2 - 1
+
+
+def heldout_pairs(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ground truth, LR) uint8 pairs of the PNGs in `folder`, the LR drawn as `teasr eval --degradation light
+    --seed 0` draws it."""
+    pairs = []
+    for path in sorted(folder.glob("*.png")):
+        truth = mod_crop(load_rgb(path), 4)
+        pairs.append((truth, synthesize_lr(truth, 4, "light", image_seed(0, path.stem))))
+    if not pairs:
+        raise SystemExit(f"error: no PNG photos in {folder}")
+    return pairs
+
+
+def heldout_gain(net: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean PSNR-Y gain (dB, 4-pixel border) of `net`'s uint8 output over PIL bicubic, as `teasr eval` scores it."""
+    net.eval()
+    gains = []
+    with torch.no_grad():
+        for truth, lr in pairs:
+            lq = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255
+            out = ((net(upscale(lq, truth.shape[:2])) + 1) * 127.5).clamp(0, 255).round()
+            out = out[0].permute(1, 2, 0).to(torch.uint8).numpy()
+            bicubic = baseline_upscale(lr, truth.shape[:2], "bicubic")
+            gains.append(psnr_y(out, truth, 4) - psnr_y(bicubic, truth, 4))
+    net.train()
+    return round(float(np.mean(gains)), 3)
 
 
 def main() -> None:
@@ -105,6 +138,7 @@ def main() -> None:
     parser.add_argument("--conv_channels", type=int, default=0, help="dit: width of the token-grid conv path")
     parser.add_argument("--conv_blocks", type=int, default=0, help="dit: residual blocks of the token-grid conv path")
     parser.add_argument("--num_layers", type=int, default=6, help="dit: transformer blocks")
+    parser.add_argument("--heldout", type=Path, help="also score the EMA weights on these photos (read, not used)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -114,6 +148,7 @@ def main() -> None:
         raise SystemExit(f"error: no PNG photos in {args.data} (run the recipe's data stage first)")
     photos = {path.name: load_photo(path) for path in files}
     evaluation = degraded_crops(photos)
+    heldout = heldout_pairs(args.heldout) if args.heldout else None
     degrade = RealWorldDegradation(DegradationConfig.light())
 
     model = {
@@ -162,6 +197,8 @@ def main() -> None:
                 averaged.lerp_(live, 1 - decay)
         if step % args.eval_every == 0 or step == args.steps:
             line = {"arch": args.arch, "step": step, "gain_db": gain(model), "ema_gain_db": gain(ema)}
+            if heldout is not None:
+                line["heldout_ema_gain_db"] = heldout_gain(ema, heldout)
             print(json.dumps({**line, "loss": round(loss.item(), 4), "s": round(time.time() - start)}), flush=True)
 
 
