@@ -32,6 +32,7 @@ from probe_crops import degraded_crops, load_photo
 from pipeline_teasr.degradations import DegradationConfig, RealWorldDegradation
 from pipeline_teasr.evaluation import baseline_upscale, image_seed, load_rgb, mod_crop, synthesize_lr
 from pipeline_teasr.metrics import psnr_y
+from pipeline_teasr.tiling import TileBlender, plan_tiles
 from pipeline_teasr.transformer_teasr import SMALL_PIXEL_CONFIG, TEASRTransformer2DModel
 
 
@@ -110,14 +111,25 @@ def heldout_pairs(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
-def heldout_gain(net: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Mean PSNR-Y gain (dB, 4-pixel border) of `net`'s uint8 output over PIL bicubic, as `teasr eval` scores it."""
+def heldout_gain(
+    net: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], tile: int = 64, overlap: int = 8
+) -> float:
+    """Mean PSNR-Y gain (dB, 4-pixel border) of `net`'s uint8 output over PIL bicubic, as `teasr eval` scores it.
+
+    The network sees `tile`-pixel tiles overlapping by `overlap`, feathered together, as the pipeline runs teasr-mini
+    at one step: the transformer attends within a tile the size of its training crops (0: the whole image)."""
     net.eval()
     gains = []
     with torch.no_grad():
         for truth, lr in pairs:
             lq = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255
-            out = ((net(upscale(lq, truth.shape[:2])) + 1) * 127.5).clamp(0, 255).round()
+            c = upscale(lq, truth.shape[:2])
+            tiles = plan_tiles(*c.shape[-2:], tile or max(c.shape[-2:]), overlap if tile else 0, 4)
+            blender = TileBlender(c, overlap if tile else 0)
+            for part in tiles:
+                rows, cols = part.region()
+                blender.add(part, net(c[:, :, rows, cols]))
+            out = ((blender.result() + 1) * 127.5).clamp(0, 255).round()
             out = out[0].permute(1, 2, 0).to(torch.uint8).numpy()
             bicubic = baseline_upscale(lr, truth.shape[:2], "bicubic")
             gains.append(psnr_y(out, truth, 4) - psnr_y(bicubic, truth, 4))
@@ -139,6 +151,7 @@ def main() -> None:
     parser.add_argument("--conv_blocks", type=int, default=0, help="dit: residual blocks of the token-grid conv path")
     parser.add_argument("--num_layers", type=int, default=6, help="dit: transformer blocks")
     parser.add_argument("--heldout", type=Path, help="also score the EMA weights on these photos (read, not used)")
+    parser.add_argument("--heldout_tile", type=int, default=64, help="tile size for --heldout (0: whole images)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -198,7 +211,7 @@ def main() -> None:
         if step % args.eval_every == 0 or step == args.steps:
             line = {"arch": args.arch, "step": step, "gain_db": gain(model), "ema_gain_db": gain(ema)}
             if heldout is not None:
-                line["heldout_ema_gain_db"] = heldout_gain(ema, heldout)
+                line["heldout_ema_gain_db"] = heldout_gain(ema, heldout, args.heldout_tile)
             print(json.dumps({**line, "loss": round(loss.item(), 4), "s": round(time.time() - start)}), flush=True)
 
 
