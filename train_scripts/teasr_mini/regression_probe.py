@@ -118,14 +118,15 @@ def heldout_gain(
 
     The network sees `tile`-pixel tiles overlapping by `overlap`, feathered together, as the pipeline runs teasr-mini
     at one step: the transformer attends within a tile the size of its training crops (0: the whole image)."""
+    overlap = overlap if tile else 0
     net.eval()
     gains = []
     with torch.no_grad():
         for truth, lr in pairs:
             lq = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255
             c = upscale(lq, truth.shape[:2])
-            tiles = plan_tiles(*c.shape[-2:], tile or max(c.shape[-2:]), overlap if tile else 0, 4)
-            blender = TileBlender(c, overlap if tile else 0)
+            tiles = plan_tiles(*c.shape[-2:], tile or max(c.shape[-2:]), overlap, 4)
+            blender = TileBlender(c, overlap)
             for part in tiles:
                 rows, cols = part.region()
                 blender.add(part, net(c[:, :, rows, cols]))
