@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -26,6 +27,15 @@ PROBE = RECIPE_DIR / "regression_probe.py"
 
 def _run(*args: str, script: Path = PROBE) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+
+
+def _import_recipe_script(name: str):
+    """Import train_scripts/teasr_mini/`name`.py, whose sibling imports (probe_crops, ...) resolve from its folder."""
+    sys.path.insert(0, str(RECIPE_DIR))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(RECIPE_DIR))
 
 
 # A one-block transformer with the recipe's patch and LQ-skip layout, whose training steps take well under a second.
@@ -75,11 +85,7 @@ def test_regression_probe_trains_and_reports_gains_over_bicubic(tmp_path):
 
 
 def test_regression_probe_heldout_score_is_tile_consistent_and_measures_the_output(tmp_path):
-    sys.path.insert(0, str(RECIPE_DIR))
-    try:
-        import regression_probe
-    finally:
-        sys.path.remove(str(RECIPE_DIR))
+    regression_probe = _import_recipe_script("regression_probe")
     for seed in range(2):
         random_photo(96, 112, seed=10 + seed).save(tmp_path / f"held{seed}.png")
     pairs = regression_probe.heldout_pairs(tmp_path)
@@ -204,11 +210,7 @@ def test_report_builds_tables_and_plot_from_eval_jsons_only(tmp_path, tiny_pipel
 
 
 def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_packages(tmp_path, monkeypatch):
-    sys.path.insert(0, str(RECIPE_DIR))
-    try:
-        import prepare_data
-    finally:
-        sys.path.remove(str(RECIPE_DIR))
+    prepare_data = _import_recipe_script("prepare_data")
     mate = tmp_path / "mate"
     mate.mkdir()
     names = ["LadyBird", "Storm", *(f"Photo{i}" for i in range(10))]
@@ -353,11 +355,7 @@ def test_recipe_times_this_machine_and_shrinks_its_step_counts_to_the_time_budge
 
 
 def test_plan_steps_reads_step_times_from_checkpoint_lines_and_scales_the_recipe_to_its_budget(tmp_path):
-    sys.path.insert(0, str(RECIPE_DIR))
-    try:
-        import plan_steps
-    finally:
-        sys.path.remove(str(RECIPE_DIR))
+    plan_steps = _import_recipe_script("plan_steps")
     line = "{} - INFO - teasr.train - [RANK 0] Saved checkpoint runs/x/checkpoint-{}\n"
     log = tmp_path / "train.log"
     log.write_text(line.format("12/07/2026 04:00:00", 25) + "Steps: 50%\n" + line.format("12/07/2026 04:01:15", 100))
