@@ -69,14 +69,20 @@ def test_regression_probe_trains_and_reports_gains_over_bicubic(tmp_path):
     heldout.mkdir()
     for seed in range(2):
         random_photo(96, 112, seed=10 + seed).save(heldout / f"held{seed}.png")  # several 64-px tiles
+    validation = tmp_path / "validation"
+    validation.mkdir()
+    random_photo(96, 112, seed=20).save(validation / "val.png")
     args = ("--arch", "cnn", "--data", str(tmp_path), "--steps", "2", "--eval_every", "2", "--heldout", str(heldout))
-    result = _run(*args)
+    result = _run(*args, "--validation", str(validation))
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["step"] for line in lines] == [2]
     for line in lines:
         assert line["arch"] == "cnn" and isinstance(line["gain_db"], float) and isinstance(line["ema_gain_db"], float)
         assert isinstance(line["heldout_ema_gain_db"], float)
+        # The validation photos are scored on their own, not as a copy of the held-out reading.
+        assert isinstance(line["validation_ema_gain_db"], float)
+        assert line["validation_ema_gain_db"] != line["heldout_ema_gain_db"]
 
     empty = tmp_path / "empty"
     empty.mkdir()

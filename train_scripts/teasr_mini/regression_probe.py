@@ -13,6 +13,7 @@ distillation either: regression to the mean is the best PSNR any 1-step sampler 
 With `--heldout DIR` each line also carries `heldout_ema_gain_db`: the EMA weights' mean PSNR-Y gain over PIL
 bicubic on the photos in DIR, degraded as `teasr eval --degradation light --seed 0` degrades them (the same LR
 images), so the probe's ceiling can be set beside the distilled model's. It is read, never used to choose anything.
+`--validation DIR` scores other photos the same way (`validation_ema_gain_db`): the reading a choice may rest on.
 """
 
 from __future__ import annotations
@@ -152,7 +153,10 @@ def main() -> None:
     parser.add_argument("--conv_blocks", type=int, default=0, help="dit: residual blocks of the token-grid conv path")
     parser.add_argument("--num_layers", type=int, default=6, help="dit: transformer blocks")
     parser.add_argument("--heldout", type=Path, help="also score the EMA weights on these photos (read, not used)")
-    parser.add_argument("--heldout_tile", type=int, default=64, help="tile size for --heldout (0: whole images)")
+    parser.add_argument(
+        "--validation", type=Path, help="also score the EMA weights on these photos (the reading a choice may use)"
+    )
+    parser.add_argument("--heldout_tile", type=int, default=64, help="tile size for --heldout and --validation")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -163,6 +167,7 @@ def main() -> None:
     photos = {path.name: load_photo(path) for path in files}
     evaluation = degraded_crops(photos)
     heldout = heldout_pairs(args.heldout) if args.heldout else None
+    validation = heldout_pairs(args.validation) if args.validation else None
     degrade = RealWorldDegradation(DegradationConfig.light())
 
     model = {
@@ -211,6 +216,8 @@ def main() -> None:
                 averaged.lerp_(live, 1 - decay)
         if step % args.eval_every == 0 or step == args.steps:
             line = {"arch": args.arch, "step": step, "gain_db": gain(model), "ema_gain_db": gain(ema)}
+            if validation is not None:
+                line["validation_ema_gain_db"] = heldout_gain(ema, validation, args.heldout_tile)
             if heldout is not None:
                 line["heldout_ema_gain_db"] = heldout_gain(ema, heldout, args.heldout_tile)
             print(json.dumps({**line, "loss": round(loss.item(), 4), "s": round(time.time() - start)}), flush=True)
