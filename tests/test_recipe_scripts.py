@@ -247,7 +247,13 @@ def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_pac
     heldout = sorted(path.name for path in (tmp_path / "out" / "heldout").iterdir())
     assert "mate_LadyBird.png" in heldout and "skimage_astronaut.png" in heldout and len(heldout) == 6
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest == {"train": train, "heldout": heldout}
+    assert manifest == {"train": train, "heldout": heldout, "train_scales": list(prepare_data.TRAIN_SCALES)}
+    assert prepare_data.built_as_now(tmp_path / "out")
+    # A folder built with other scales (another recipe) is stale: the recipe rebuilds it rather than train on it.
+    other_scales = [scale / 2 for scale in prepare_data.TRAIN_SCALES]
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({**manifest, "train_scales": other_scales}))
+    assert not prepare_data.built_as_now(tmp_path / "out") and not prepare_data.built_as_now(tmp_path / "missing")
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
 
     # The kept sources rebuild the same folders with no package and no unpacked folder (a machine without apt-get).
     kept = sorted(str(path.relative_to(sources)) for path in sources.rglob("*.jpg"))

@@ -68,12 +68,11 @@ $PY -c 'import torch, diffusers, datasets, kornia, accelerate, peft
 print("torch", torch.__version__, "diffusers", diffusers.__version__, "datasets", datasets.__version__,
       "accelerate", accelerate.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else "")'
-if [ ! -f "$DATA/manifest.json" ]; then
-  if [ ! -d data/sources/mate ]; then
-    echo "data/sources is missing: run 'device_run.sh prepare' on a machine with a network and copy it here" >&2
-    exit 1
-  fi
-  $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA" --sources_dir data/sources
+if [ -d data/sources/mate ]; then
+  $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA" --sources_dir data/sources --if_stale
+elif [ ! -f "$DATA/manifest.json" ]; then
+  echo "data/sources is missing: run 'device_run.sh prepare' on a machine with a network and copy it here" >&2
+  exit 1
 fi
 echo "[$(elapsed) s] data ready"
 

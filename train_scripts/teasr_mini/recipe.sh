@@ -98,7 +98,8 @@ ablations() {  # each variant and the run it is compared with: same base, same s
 }
 
 if has_stage data; then
-  [ -f "$DATA/manifest.json" ] || $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA"
+  # Kept if already built with the current training scales; rebuilt if interrupted or built by another recipe.
+  $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA" --if_stale
 fi
 
 train_base() {  # train_base OUTPUT_DIR STEPS [extra flags...]: the flow-matching base, from scratch
