@@ -200,8 +200,8 @@ def main() -> None:
         crops = []
         for _ in range(8):
             photo = photos[names[rng.integers(len(names))]]
-            y = 4 * int(rng.integers(0, (photo.shape[1] - 64) // 4))
-            x = 4 * int(rng.integers(0, (photo.shape[2] - 64) // 4))
+            y = 4 * int(rng.integers(0, max(1, (photo.shape[1] - 64) // 4)))  # a 64-px side: the one crop
+            x = 4 * int(rng.integers(0, max(1, (photo.shape[2] - 64) // 4)))
             crop = photo[:, y : y + 64, x : x + 64]
             crops.append(crop.flip(-1) if rng.random() < 0.5 else crop)
         hq = torch.stack(crops)
