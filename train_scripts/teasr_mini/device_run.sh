@@ -6,7 +6,7 @@
 # Here, with a network (once per checkout; both folders are git-ignored):
 #   bash train_scripts/teasr_mini/device_run.sh prepare
 #     .whl/          the wheels the GPU machine's Python 3.12 lacks (diffusers, datasets, kornia and their needs)
-#     data/sources/  the source photos of the training and held-out sets (31 MB; prepare_data.py --sources_dir)
+#     data/sources/  the source photos of the training and held-out sets (36 MB; prepare_data.py --sources_dir)
 # On the GPU machine (the repository copied there with .whl/ and data/sources/; about 8 minutes on one H100/H200-class
 # GPU by the time budget below, not yet measured there):
 #   OUT=results bash train_scripts/teasr_mini/device_run.sh run
