@@ -233,24 +233,16 @@ def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_pac
         lomiri[package].mkdir()
         for seed, name in enumerate(names):
             random_photo(64, 96, seed=200 + seed).save(lomiri[package] / name)
-    opencv = tmp_path / "examples"
-    for seed, name in enumerate(prepare_data.OPENCV_PHOTOS):
-        (opencv / name).parent.mkdir(parents=True, exist_ok=True)
-        random_photo(72, 88, seed=300 + seed).save(opencv / name)
     monkeypatch.setattr(prepare_data, "MAX_TRAIN_SIDE", 48)  # the camera originals are brought down to this side
 
     sources = tmp_path / "sources"
-    unpacked = {"mate_dir": mate, "plasma_dir": plasma, "lomiri_dirs": lomiri, "opencv_dir": opencv}
+    unpacked = {"mate_dir": mate, "plasma_dir": plasma, "lomiri_dirs": lomiri}
     prepare_data.build(tmp_path / "out", sources_dir=sources, **unpacked)
     train = sorted(path.name for path in (tmp_path / "out" / "train").iterdir())
     lomiri_count = sum(len(names) for names in prepare_data.LOMIRI_PHOTOS.values())
-    photo_count = 10 + len(prepare_data.PLASMA_PHOTOS) + lomiri_count + len(prepare_data.OPENCV_PHOTOS)
-    assert len(train) == 3 * photo_count == 3 * 62
+    assert len(train) == 3 * (10 + len(prepare_data.PLASMA_PHOTOS) + lomiri_count) == 3 * 36
     assert "Photo0_25.png" in train and "plasma_Kite_50.png" in train and not any("LadyBird" in n for n in train)
     assert "lomiri_Kleiber_100.png" in train and "lomiri_Picture_0B_25.png" in train
-    # Two OpenCV photos are called butterfly: the folder keeps them apart.
-    assert "opencv_data_butterfly_50.png" in train and "opencv_dnn_superres_butterfly_50.png" in train
-    assert PIL.Image.open(tmp_path / "out" / "train" / "opencv_text_scenetext01_25.png").size == (22, 18)
     assert PIL.Image.open(tmp_path / "out" / "train" / "plasma_Kite_25.png").size == (32, 20)
     assert PIL.Image.open(tmp_path / "out" / "train" / "lomiri_Bridge_100.png").size == (48, 32)
     assert PIL.Image.open(tmp_path / "out" / "train" / "lomiri_Bridge_50.png").size == (24, 16)
@@ -258,28 +250,25 @@ def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_pac
     assert "mate_LadyBird.png" in heldout and "skimage_astronaut.png" in heldout and len(heldout) == 6
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     sources_used = list(prepare_data.SOURCE_PACKAGES)
-    assert manifest == {"train": train, "heldout": heldout, "train_scales": list(prepare_data.TRAIN_SCALES)} | {
-        "sources": sources_used
-    }
-    assert "opencv-doc" in sources_used and prepare_data.built_as_now(tmp_path / "out")
+    scales = list(prepare_data.TRAIN_SCALES)
+    assert manifest == {"train": train, "heldout": heldout, "train_scales": scales, "sources": sources_used}
+    assert "plasma-workspace-wallpapers" in sources_used and prepare_data.built_as_now(tmp_path / "out")
     # A folder built with other scales (another recipe) is stale: the recipe rebuilds it rather than train on it.
     other_scales = [scale / 2 for scale in prepare_data.TRAIN_SCALES]
     (tmp_path / "out" / "manifest.json").write_text(json.dumps({**manifest, "train_scales": other_scales}))
     assert not prepare_data.built_as_now(tmp_path / "out") and not prepare_data.built_as_now(tmp_path / "missing")
-    # So is one built from fewer packages (before the OpenCV photos).
+    # So is one built from other packages.
     (tmp_path / "out" / "manifest.json").write_text(json.dumps({**manifest, "sources": sources_used[:-1]}))
     assert not prepare_data.built_as_now(tmp_path / "out")
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
 
     # The kept sources rebuild the same folders with no package and no unpacked folder (a machine without apt-get).
     kept = sorted(str(path.relative_to(sources)) for path in sources.rglob("*.jpg"))
-    kept += sorted(str(path.relative_to(sources)) for path in sources.rglob("*.png"))
-    assert len(kept) == 12 + len(prepare_data.PLASMA_PHOTOS) + lomiri_count + len(prepare_data.OPENCV_PHOTOS)
+    assert len(kept) == 12 + len(prepare_data.PLASMA_PHOTOS) + lomiri_count
     assert "plasma/Kite/contents/images/2560x1600.jpg" in kept and "mate/Storm.jpg" in kept
-    assert "opencv/reg/home.png" in kept
     prepare_data.build(tmp_path / "rebuilt", sources_dir=sources)
     assert json.loads((tmp_path / "rebuilt" / "manifest.json").read_text()) == manifest
-    for name in ("plasma_Kite_25.png", "lomiri_Bridge_100.png", "Photo3_50.png", "opencv_data_baboon_100.png"):
+    for name in ("plasma_Kite_25.png", "lomiri_Bridge_100.png", "Photo3_50.png"):
         rebuilt = np.asarray(PIL.Image.open(tmp_path / "rebuilt" / "train" / name))
         assert np.array_equal(rebuilt, np.asarray(PIL.Image.open(tmp_path / "out" / "train" / name)))
 
@@ -291,16 +280,12 @@ def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_pac
     (lomiri["lomiri-wallpapers-20.04"] / "Kleiber_by_Lukas_Baubkus.jpg").unlink()
     with pytest.raises(SystemExit, match="missing Lomiri photos"):
         prepare_data.build(tmp_path / "again", **unpacked)
-    random_photo(64, 96, seed=0).save(lomiri["lomiri-wallpapers-20.04"] / "Kleiber_by_Lukas_Baubkus.jpg")
-    (opencv / "data" / "baboon.jpg").unlink()
-    with pytest.raises(SystemExit, match="missing OpenCV photos"):
-        prepare_data.build(tmp_path / "again", **unpacked)
 
-    # A kept sources folder from before a source was added is not read as complete; the package is fetched, and a
-    # machine that cannot fetch it says so in one line.
+    # A kept sources folder that lacks a source (kept before it was added) is not read as complete: the packages
+    # are fetched, and a machine that cannot fetch them says so in one line.
     with pytest.raises(SystemExit, match="could not download the Debian package teasr-no-such-package"):
         prepare_data.fetch_debian_package("teasr-no-such-package", tmp_path)
-    shutil.rmtree(sources / "opencv")
+    shutil.rmtree(sources / "lomiri-wallpapers-20.04")
     fetched = []
 
     def offline(package, work):
@@ -437,13 +422,21 @@ def test_device_run_trains_to_a_time_budget_and_returns_a_loadable_model(tmp_pat
         (data / folder).mkdir(parents=True)
         for seed in range(count):
             random_photo(size, size, seed=seed).save(data / folder / f"photo{seed}.png")
-    (data / "manifest.json").write_text("{}")
+    prepare_data = _import_recipe_script("prepare_data")
+    current = {"train_scales": list(prepare_data.TRAIN_SCALES), "sources": list(prepare_data.SOURCE_PACKAGES)}
+    (data / "manifest.json").write_text(json.dumps(current))
     env = {
         "PATH": os.environ["PATH"], "HOME": str(tmp_path), "PY": sys.executable, "OUT": str(out),
         "DATA": str(data), "RUNS": str(runs), "MODEL_CONFIG": TINY_MODEL_CONFIG, "MIXED_PRECISION": "no",
         "TRAIN_SECONDS": "4", "BATCH_SIZE": "2", "WORKERS": "0", "PROBE_STEPS": "3",
     }  # fmt: skip
     script = RECIPE_DIR / "device_run.sh"
+    # Without data/sources, a data folder built from older sources or scales is refused rather than trained on.
+    (data / "manifest.json").write_text(json.dumps({**current, "sources": current["sources"][:-1]}))
+    stale = subprocess.run(["bash", str(script), "run"], env=env, capture_output=True, text=True, timeout=600)
+    assert stale.returncode == 1 and "is not a build of the current sources and scales" in stale.stdout  # tee-d
+    assert not (runs / "teasr").exists()
+    (data / "manifest.json").write_text(json.dumps(current))
     result = subprocess.run(["bash", str(script), "run"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = (out / "device_run.log").read_text()

@@ -6,7 +6,7 @@
 # Here, with a network (once per checkout; both folders are git-ignored):
 #   bash train_scripts/teasr_mini/device_run.sh prepare
 #     .whl/          the wheels the GPU machine's Python 3.12 lacks (diffusers, datasets, kornia and their needs)
-#     data/sources/  the source photos of the training and held-out sets (36 MB; prepare_data.py --sources_dir)
+#     data/sources/  the source photos of the training and held-out sets (31 MB; prepare_data.py --sources_dir)
 # On the GPU machine (the repository copied there with .whl/ and data/sources/; about 8 minutes on one H100/H200-class
 # GPU by the time budget below, not yet measured there):
 #   OUT=results bash train_scripts/teasr_mini/device_run.sh run
@@ -70,8 +70,10 @@ print("torch", torch.__version__, "diffusers", diffusers.__version__, "datasets"
       torch.cuda.get_device_name() if torch.cuda.is_available() else "")'
 if [ -d data/sources/mate ]; then
   $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA" --sources_dir data/sources --if_stale
-elif [ ! -f "$DATA/manifest.json" ]; then
-  echo "data/sources is missing: run 'device_run.sh prepare' on a machine with a network and copy it here" >&2
+elif ! $PY -c 'import sys; from pathlib import Path; sys.path.insert(0, "train_scripts/teasr_mini")
+from prepare_data import built_as_now; sys.exit(not built_as_now(Path(sys.argv[1])))' "$DATA"; then
+  echo "data/sources is missing and $DATA is not a build of the current sources and scales: run" \
+    "'device_run.sh prepare' on a machine with a network and copy data/sources here" >&2
   exit 1
 fi
 echo "[$(elapsed) s] data ready"

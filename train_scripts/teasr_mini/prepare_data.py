@@ -1,15 +1,14 @@
 """Build the teasr-mini photo folders from photographs that Debian and scikit-image ship.
 
 train/   multi-scale PNG versions of 10 `mate-backgrounds` nature photos, of the 11 photographs among
-         `plasma-workspace-wallpapers`, of the 15 among `lomiri-wallpapers-16.04` / `-20.04` and of 26 among
-         OpenCV's sample images in `opencv-doc` (Debian packages, fetched with apt-get; Plasma and Lomiri add
-         texture: wood, pebbles, moss, forest, rock, fur, brushes, architecture, where most mate photos are bokeh and
-         sky; OpenCV's are small, dense photos: fruit, a mandrill, a circuit board, street scenes with signs).
+         `plasma-workspace-wallpapers` and of the 15 among `lomiri-wallpapers-16.04` / `-20.04` (Debian packages,
+         fetched with apt-get; Plasma and Lomiri add texture: wood, pebbles, moss, forest, rock, fur, brushes,
+         architecture, where most mate photos are bokeh and sky).
 heldout/ photos never used in training: scikit-image's astronaut, coffee, chelsea, rocket, plus two further
          mate-backgrounds photos, centre-cropped to 256 x 256 (HR ground truth for evaluation).
 
 Usage: python train_scripts/teasr_mini/prepare_data.py --output_dir data/teasr_mini
-       add --sources_dir data/sources to keep the source photos used (36 MB) in a folder that a later build reads
+       add --sources_dir data/sources to keep the source photos used (31 MB) in a folder that a later build reads
        instead of fetching the packages: on a machine without apt-get or a network (a lent GPU; device_run.sh).
 """
 
@@ -63,41 +62,8 @@ LOMIRI_PHOTOS = {
     ),
     "lomiri-wallpapers-20.04": ("Kleiber_by_Lukas_Baubkus.jpg",),
 }
-# Photographs among OpenCV's sample images, relative to opencv-doc's usr/share/doc/opencv-doc/examples. Left out:
-# drawings, renderings and test patterns, a painting (starry_night), the soft old scans apple and orange, the second
-# image of each near-duplicate pair (aloeR, leuvenB, graf3, ela_modified, rubberwhale2), the noisy phone photos left
-# and stuff, close-ups of signs and greyscale images. None is a held-out photo.
-OPENCV_PHOTOS = (
-    "alphamat/input_images/plant.jpg",
-    "data/aero1.jpg",
-    "data/aero3.jpg",
-    "data/aloeL.jpg",
-    "data/baboon.jpg",
-    "data/board.jpg",
-    "data/building.jpg",
-    "data/butterfly.jpg",
-    "data/chicky_512.png",
-    "data/ela_original.jpg",
-    "data/fruits.jpg",
-    "data/graf1.png",
-    "data/home.jpg",
-    "data/leuvenA.jpg",
-    "data/messi5.jpg",
-    "data/rubberwhale1.png",
-    "data/squirrel_cls.jpg",
-    "dnn_superres/butterfly.png",
-    "hfs/data/000.jpg",
-    "reg/home.png",
-    "text/scenetext01.jpg",
-    "text/scenetext02.jpg",
-    "text/scenetext03.jpg",
-    "text/scenetext04.jpg",
-    "text/scenetext05.jpg",
-    "text/scenetext06.jpg",
-)
-OPENCV_EXAMPLES = "usr/share/doc/opencv-doc/examples"
 # Recorded in the manifest: a data folder built from other packages is rebuilt.
-SOURCE_PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers", *LOMIRI_PHOTOS, "opencv-doc")
+SOURCE_PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers", *LOMIRI_PHOTOS)
 # Phone and camera originals (up to 6028 px) are brought to the size of the other wallpapers before the scales,
 # so that every source contributes crops at comparable detail per pixel.
 MAX_TRAIN_SIDE = 2560
@@ -141,17 +107,6 @@ def lomiri_photo_paths(backgrounds: dict[str, Path]) -> list[Path]:
     return require_files(paths, "missing Lomiri photos (are the folders unpacked usr/share/backgrounds?)")
 
 
-def opencv_photo_paths(examples_dir: Path) -> list[Path]:
-    """The `OPENCV_PHOTOS` files in an unpacked opencv-doc `usr/share/doc/opencv-doc/examples` folder."""
-    paths = [examples_dir / name for name in OPENCV_PHOTOS]
-    return require_files(paths, f"missing OpenCV photos (is {examples_dir} an unpacked {OPENCV_EXAMPLES}?)")
-
-
-def opencv_stem(path: Path) -> str:
-    """The training-file stem of an OpenCV photo; its folder is kept, since two photos are called butterfly."""
-    return f"opencv_{path.parent.name}_{path.stem}"
-
-
 def fit_long_side(image: PIL.Image.Image, max_side: int) -> PIL.Image.Image:
     """`image` scaled down (Lanczos) so that its longer side is at most `max_side`; smaller images unchanged."""
     factor = max_side / max(image.size)
@@ -169,23 +124,20 @@ def save_scales(image: PIL.Image.Image, folder: Path, stem: str) -> None:
         resized.save(folder / f"{stem}_{int(scale * 100)}.png", compress_level=1)
 
 
-def source_dirs(sources_dir: Path) -> tuple[Path, Path, dict[str, Path], Path]:
-    """The (mate, plasma, lomiri, opencv) folders of a `--sources_dir`, laid out as the unpacked packages'."""
-    lomiri = {name: sources_dir / name for name in LOMIRI_PHOTOS}
-    return sources_dir / "mate", sources_dir / "plasma", lomiri, sources_dir / "opencv"
+def source_dirs(sources_dir: Path) -> tuple[Path, Path, dict[str, Path]]:
+    """The (mate, plasma, lomiri) folders of a `--sources_dir`, laid out as the unpacked packages' folders."""
+    return sources_dir / "mate", sources_dir / "plasma", {name: sources_dir / name for name in LOMIRI_PHOTOS}
 
 
 def flat_source_dirs(sources_dir: Path) -> list[Path]:
     """Every folder of `source_dirs`: a `--sources_dir` holding them all is read instead of the packages."""
-    mate, plasma, lomiri, opencv = source_dirs(sources_dir)
-    return [mate, plasma, *lomiri.values(), opencv]
+    mate, plasma, lomiri = source_dirs(sources_dir)
+    return [mate, plasma, *lomiri.values()]
 
 
-def save_sources(
-    sources_dir: Path, mate_dir: Path, plasma_dir: Path, lomiri_dirs: dict[str, Path], opencv_dir: Path
-) -> None:
+def save_sources(sources_dir: Path, mate_dir: Path, plasma_dir: Path, lomiri_dirs: dict[str, Path]) -> None:
     """Copy the photos a build reads (and only those) into `sources_dir`, in the layout of `source_dirs`."""
-    mate_out, plasma_out, lomiri_out, opencv_out = source_dirs(sources_dir)
+    mate_out, plasma_out, lomiri_out = source_dirs(sources_dir)
     mate_out.mkdir(parents=True, exist_ok=True)
     for path in glob.glob(str(mate_dir / "*.jpg")):
         shutil.copy2(path, mate_out)
@@ -197,10 +149,6 @@ def save_sources(
         package = next(name for name, folder in lomiri_dirs.items() if path.parent == folder)
         lomiri_out[package].mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, lomiri_out[package])
-    for path in opencv_photo_paths(opencv_dir):
-        target = opencv_out / path.relative_to(opencv_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
 
 
 def centre_crop(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
@@ -214,12 +162,11 @@ def build(
     plasma_dir: Path | None = None,
     lomiri_dirs: dict[str, Path] | None = None,
     sources_dir: Path | None = None,
-    opencv_dir: Path | None = None,
 ) -> None:
     """Write `output_dir`/train, /heldout and manifest.json. The photos come from the given unpacked folders, else
     from a filled `sources_dir`, else from the Debian packages (apt-get); with `sources_dir` they are kept there."""
     if sources_dir is not None and all(folder.is_dir() for folder in flat_source_dirs(sources_dir)):
-        mate_dir, plasma_dir, lomiri_dirs, opencv_dir = source_dirs(sources_dir)
+        mate_dir, plasma_dir, lomiri_dirs = source_dirs(sources_dir)
         sources_dir = None  # already kept
     train_dir, heldout_dir = output_dir / "train", output_dir / "heldout"
     manifest_path = output_dir / "manifest.json"
@@ -236,10 +183,8 @@ def build(
         if lomiri_dirs is None:
             backgrounds = "usr/share/backgrounds"
             lomiri_dirs = {name: fetch_debian_package(name, Path(work)) / backgrounds for name in LOMIRI_PHOTOS}
-        if opencv_dir is None:
-            opencv_dir = fetch_debian_package("opencv-doc", Path(work)) / OPENCV_EXAMPLES
         if sources_dir is not None:
-            save_sources(sources_dir, mate_dir, plasma_dir, lomiri_dirs, opencv_dir)
+            save_sources(sources_dir, mate_dir, plasma_dir, lomiri_dirs)
         photos = sorted(glob.glob(str(mate_dir / "*.jpg")))
         if len(photos) < 12:
             raise SystemExit(f"expected 12 mate-backgrounds nature photos in {mate_dir}, found {len(photos)}")
@@ -256,8 +201,6 @@ def build(
         for path in lomiri_photo_paths(lomiri_dirs):
             image = fit_long_side(PIL.Image.open(path).convert("RGB"), MAX_TRAIN_SIDE)
             save_scales(image, train_dir, f"lomiri_{path.stem.split('_by_')[0]}")
-        for path in opencv_photo_paths(opencv_dir):
-            save_scales(PIL.Image.open(path).convert("RGB"), train_dir, opencv_stem(path))
     import skimage.data
 
     for name in HELDOUT_SKIMAGE:
@@ -300,9 +243,6 @@ def main() -> None:
         help=f"unpacked usr/share/backgrounds folders of {' and '.join(LOMIRI_PHOTOS)}, in that order",
     )
     parser.add_argument(
-        "--opencv_dir", type=Path, default=None, help=f"an unpacked opencv-doc {OPENCV_EXAMPLES} folder"
-    )
-    parser.add_argument(
         "--sources_dir",
         type=Path,
         default=None,
@@ -318,7 +258,7 @@ def main() -> None:
         print(f"data: {args.output_dir} is built with the current scales and sources, kept")
         return
     lomiri_dirs = dict(zip(LOMIRI_PHOTOS, args.lomiri_dirs)) if args.lomiri_dirs else None
-    build(args.output_dir, args.mate_dir, args.plasma_dir, lomiri_dirs, args.sources_dir, args.opencv_dir)
+    build(args.output_dir, args.mate_dir, args.plasma_dir, lomiri_dirs, args.sources_dir)
 
 
 if __name__ == "__main__":
