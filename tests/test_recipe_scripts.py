@@ -66,6 +66,7 @@ def test_regression_probe_trains_and_reports_gains_over_bicubic(tmp_path):
     names = ("Garden_25", "Wood_25", "Aqua_25", "Blinds_25", "Wood_50", "Aqua_50", "Blinds_50")
     for seed, name in enumerate(names):
         random_photo(136, 144, seed=seed).save(tmp_path / f"{name}.png")
+    random_photo(64, 64, seed=9).save(tmp_path / "Tiny_25.png")  # one crop only: the whole image (drawn, seed 0)
     heldout = tmp_path / "heldout"
     heldout.mkdir()
     for seed in range(2):
