@@ -98,7 +98,7 @@ ablations() {  # each variant and the run it is compared with: same base, same s
 }
 
 if has_stage data; then
-  # Kept if already built with the current training scales; rebuilt if interrupted or built by another recipe.
+  # Kept if already built from the current sources and scales; rebuilt if interrupted or built by another recipe.
   $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA" --if_stale
 fi
 
