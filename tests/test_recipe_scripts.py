@@ -261,7 +261,12 @@ def test_prepare_data_builds_training_scales_and_heldout_crops_from_unpacked_pac
     # So is one built from other packages.
     (tmp_path / "out" / "manifest.json").write_text(json.dumps({**manifest, "sources": sources_used[:-1]}))
     assert not prepare_data.built_as_now(tmp_path / "out")
+    check = [sys.executable, str(RECIPE_DIR / "prepare_data.py"), "--output_dir", str(tmp_path / "out"), "--check"]
+    stale = subprocess.run(check, capture_output=True, text=True)
+    assert stale.returncode == 1 and "is not a build of the current sources and scales" in stale.stdout
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
+    current = subprocess.run(check, capture_output=True, text=True)
+    assert current.returncode == 0 and "is a build of the current" in current.stdout, current.stderr
 
     # The kept sources rebuild the same folders with no package and no unpacked folder (a machine without apt-get).
     kept = sorted(str(path.relative_to(sources)) for path in sources.rglob("*.jpg"))

@@ -70,8 +70,7 @@ print("torch", torch.__version__, "diffusers", diffusers.__version__, "datasets"
       torch.cuda.get_device_name() if torch.cuda.is_available() else "")'
 if [ -d data/sources/mate ]; then
   $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA" --sources_dir data/sources --if_stale
-elif ! $PY -c 'import sys; from pathlib import Path; sys.path.insert(0, "train_scripts/teasr_mini")
-from prepare_data import built_as_now; sys.exit(not built_as_now(Path(sys.argv[1])))' "$DATA"; then
+elif ! $PY train_scripts/teasr_mini/prepare_data.py --output_dir "$DATA" --check; then
   echo "data/sources is missing and $DATA is not a build of the current sources and scales: run" \
     "'device_run.sh prepare' on a machine with a network and copy data/sources here" >&2
   exit 1

@@ -253,7 +253,16 @@ def main() -> None:
         action="store_true",
         help="do nothing if --output_dir already holds a finished build with the current scales and sources",
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="build nothing: exit 0 if --output_dir holds a build of the current sources and scales, else 1",
+    )
     args = parser.parse_args()
+    if args.check:
+        current = built_as_now(args.output_dir)
+        print(f"data: {args.output_dir} {'is' if current else 'is not'} a build of the current sources and scales")
+        raise SystemExit(0 if current else 1)
     if args.if_stale and built_as_now(args.output_dir):
         print(f"data: {args.output_dir} is built with the current scales and sources, kept")
         return
