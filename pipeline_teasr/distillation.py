@@ -13,6 +13,7 @@ Machinery: loading the base (`load_training_pipeline`), LoRA setup, atomic check
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -931,6 +932,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError("--cache_images keeps a map-style dataset in memory; a --streaming one is not kept.")
     if args.trainable_modules is not None and not args.full_finetune:
         raise ValueError("--trainable_modules selects what a full fine-tune trains: add --full_finetune.")
+    if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("--use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`.")
 
 
 # ====================================================================================================================
@@ -959,10 +962,8 @@ def _make_optimizer(args: argparse.Namespace, groups: list[dict]) -> torch.optim
         "eps": args.adam_epsilon,
     }
     if args.use_8bit_adam:
-        try:
-            import bitsandbytes as bnb
-        except ImportError as error:
-            raise ImportError("--use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`.") from error
+        import bitsandbytes as bnb  # checked by `check_common_args`
+
         return bnb.optim.AdamW8bit(groups, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
 

@@ -262,6 +262,55 @@ def test_resume_continues_at_the_right_step_with_identical_state(photo_folder, t
     assert final.keys() == raw.keys() and any(not torch.equal(final[k], raw[k]) for k in final)
 
 
+def test_8bit_adam_keeps_8bit_moments_and_resumes_them_exactly(photo_folder, tiny_pipeline_dir, tmp_path):
+    """`--use_8bit_adam` (the 20B recipe's optimiser): bitsandbytes' AdamW8bit trains, its quantised moments are
+    checkpointed, and a resumed run ends with the same state and weights as a straight one."""
+    pytest.importorskip("bitsandbytes")  # in the dev extra on Linux
+
+    def args(out: Path, steps: int) -> list[str]:
+        return [
+            *common_args(photo_folder, out, str(tmp_path / "cache"), steps),
+            "--pretrained_model_name_or_path", tiny_pipeline_dir, "--full_finetune", "--use_8bit_adam",
+            "--checkpointing_steps", "2", "--report_to", "none",
+        ]  # fmt: skip
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_in_process("train_teasr_lora", args(straight, 4))
+    run_in_process("train_teasr_lora", args(resumed, 2))
+    run_in_process("train_teasr_lora", [*args(resumed, 4), "--resume_from_checkpoint", "latest"])
+
+    def moments(run: Path) -> dict[int, dict[str, torch.Tensor]]:
+        state = torch.load(run / "checkpoint-4" / "optimizer.bin", weights_only=False)["state"]
+        return {key: value["__bnb_optimizer_quant_state__"] for key, value in state.items()}  # bitsandbytes' layout
+
+    a, b = moments(straight), moments(resumed)
+    assert a.keys() == b.keys()
+    # Tensors of >= 4096 elements (the feed-forward weights here) keep uint8 moments with per-block scales.
+    quantised = [key for key, state in a.items() if state["state1"].dtype == torch.uint8]
+    assert quantised and all(a[key]["absmax1"].numel() > 1 for key in quantised)
+    for key in a:
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], rtol=0, atol=0)
+    trained, base = TEASRPipeline.from_pretrained(resumed), TEASRPipeline.from_pretrained(tiny_pipeline_dir)
+    straight_weights = TEASRPipeline.from_pretrained(straight).transformer.state_dict()
+    for name, value in trained.transformer.state_dict().items():
+        torch.testing.assert_close(value, straight_weights[name], rtol=0, atol=0)
+    assert not torch.equal(trained.transformer.proj_out.weight, base.transformer.proj_out.weight)
+
+
+def test_8bit_adam_without_bitsandbytes_is_one_clear_error_before_loading(
+    photo_folder, tiny_pipeline_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    args = common_args(photo_folder, tmp_path / "run", str(tmp_path / "cache"), steps=2)
+    with pytest.raises(ValueError, match="--use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`"):
+        run_in_process(
+            "train_teasr_lora", [*args, "--pretrained_model_name_or_path", tiny_pipeline_dir, "--use_8bit_adam"]
+        )
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_ending_between_checkpoints_saves_its_last_step_and_a_longer_run_continues_there(
     photo_folder, tiny_pipeline_dir, tmp_path, caplog
 ):
