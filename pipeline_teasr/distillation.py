@@ -934,6 +934,11 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError("--trainable_modules selects what a full fine-tune trains: add --full_finetune.")
     if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError("--use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`.")
+    if args.push_to_hub:
+        from huggingface_hub import get_token
+
+        if args.hub_token is None and get_token() is None:
+            raise ValueError("--push_to_hub needs a Hub token: run `hf auth login` or pass --hub_token.")
 
 
 # ====================================================================================================================
@@ -1076,15 +1081,16 @@ def run_training(
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
-    repo_id = None
+    repo_id = upload_failure = None
     if args.push_to_hub and accelerator.is_main_process:
         from huggingface_hub import create_repo
 
-        repo_id = create_repo(
-            args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir)),
-            exist_ok=True,
-            token=args.hub_token,
-        ).repo_id
+        name = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+        try:
+            repo_id = create_repo(name, exist_ok=True, token=args.hub_token).repo_id
+        except Exception as error:  # offline, a bad token, a name taken: the Hub's errors have no common base
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"--push_to_hub: cannot create the Hub repository {name!r}: {first}") from None
 
     # ---- data and base: every bad input is reported here, before any training.
     dataset = load_image_dataset(
@@ -1438,14 +1444,25 @@ def run_training(
         if repo_id is not None:
             from huggingface_hub import upload_folder
 
-            upload_folder(
-                repo_id=repo_id,
-                folder_path=args.output_dir,
-                commit_message="End of training",
-                ignore_patterns=["checkpoint-*", ".checkpoint-*", f"{args.logging_dir}/*"],
-                token=args.hub_token,
-            )
+            ignore = ["checkpoint-*", ".checkpoint-*", f"{args.logging_dir}/*"]
+            try:
+                upload_folder(
+                    repo_id=repo_id,
+                    folder_path=args.output_dir,
+                    commit_message="End of training",
+                    ignore_patterns=ignore,
+                    token=args.hub_token,
+                )
+            except Exception as error:  # the trained model is saved; only the upload is left to redo
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                excludes = " ".join(f"--exclude '{pattern}'" for pattern in ignore)
+                upload_failure = (
+                    f"the model is saved in {args.output_dir}, but the upload to {repo_id} failed ({first}); "
+                    f"upload it with: hf upload {repo_id} {args.output_dir} {excludes}"
+                )
     accelerator.end_training()
+    if upload_failure is not None:
+        raise ValueError(upload_failure)
     return args.output_dir
 
 

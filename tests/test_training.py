@@ -311,6 +311,48 @@ def test_8bit_adam_without_bitsandbytes_is_one_clear_error_before_loading(
     assert not (tmp_path / "run").exists()
 
 
+def test_push_to_hub_failures_are_one_clear_error_and_the_trained_model_stays_saved(
+    photo_folder, tiny_pipeline_dir, tmp_path, monkeypatch
+):
+    """No Hub is reachable here, so the Hub's two calls are replaced by ones that fail as they do offline; what is
+    tested is the script around them: no token or no repository stops before training, a failed final upload
+    keeps the saved model and says how to upload it."""
+    import huggingface_hub
+
+    out = tmp_path / "run"
+    args = [
+        *common_args(photo_folder, out, str(tmp_path / "cache"), steps=1),
+        "--pretrained_model_name_or_path", tiny_pipeline_dir, "--report_to", "none", "--push_to_hub",
+    ]  # fmt: skip
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    with pytest.raises(ValueError, match="--push_to_hub needs a Hub token: run `hf auth login` or pass --hub_token"):
+        run_in_process("train_teasr_lora", args)
+    assert not out.exists()
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known\n(details)")
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", unreachable)
+    with pytest.raises(
+        ValueError, match="cannot create the Hub repository 'run': \\[Errno -2\\] Name or service not known$"
+    ):
+        run_in_process("train_teasr_lora", [*args, "--hub_token", "hf_x"])
+    assert not list(out.glob("checkpoint-*")) and not (out / "pytorch_lora_weights.safetensors").exists()
+
+    monkeypatch.setattr(
+        huggingface_hub,
+        "create_repo",
+        lambda *args, **kwargs: huggingface_hub.RepoUrl("https://huggingface.co/me/run"),
+    )
+    monkeypatch.setattr(huggingface_hub, "upload_folder", unreachable)
+    with pytest.raises(ValueError, match=f"the model is saved in {out}, but the upload to me/run failed") as failure:
+        run_in_process("train_teasr_lora", [*args, "--hub_token", "hf_x"])
+    assert f"upload it with: hf upload me/run {out} --exclude 'checkpoint-*'" in str(failure.value)
+    pipe = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.load_lora_weights(out)  # the trained LoRA is there to upload
+
+
 def test_a_run_ending_between_checkpoints_saves_its_last_step_and_a_longer_run_continues_there(
     photo_folder, tiny_pipeline_dir, tmp_path, caplog
 ):
