@@ -19,6 +19,12 @@ class Tile:
         return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
 
 
+def max_tile_overlap(tile_size: int) -> int:
+    """The widest overlap allowed for `tile_size`-pixel tiles: half a tile, where each pixel is computed up to four
+    times. Wider overlaps only multiply the work (an overlap of a whole tile would step by a single patch)."""
+    return tile_size // 2
+
+
 def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list[int]:
     """Start offsets of tiles of size `tile` covering `[0, length)`, consecutive tiles sharing at least `overlap`.
 

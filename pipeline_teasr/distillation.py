@@ -46,6 +46,7 @@ from .losses import (
     shift_within_patch,
     spectral_loss,
 )
+from .tiling import max_tile_overlap
 
 logger = logging.getLogger(__name__)
 
@@ -1172,6 +1173,12 @@ def run_training(
         "default_start": trained_starts[0] if len(trained_starts) == 1 else pipe.config.get("default_start"),
         "supported_starts": trained_starts if len(trained_starts) == 1 else None,
     }
+    overlap = saved_defaults["default_tile_overlap"]
+    if default_tile_size and overlap is not None and overlap > max_tile_overlap(default_tile_size):
+        raise ValueError(
+            f"--default_tile_overlap must be at most half the default tile ({max_tile_overlap(default_tile_size)} px "
+            f"for {default_tile_size}-px tiles), got {overlap}."
+        )
 
     # ---- optimiser, data loader, schedule.
     learning_rate = args.learning_rate

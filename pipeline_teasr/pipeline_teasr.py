@@ -30,7 +30,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .image_processing_teasr import DecomposedImage, ImageInput, color_fix, decompose_image, recompose_image, resize
-from .tiling import TileBlender, plan_tiles
+from .tiling import TileBlender, max_tile_overlap, plan_tiles
 
 # Largest output (in pixels) produced unless the caller raises `max_output_pixels`: 8192 x 8192.
 DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
@@ -255,6 +255,11 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             raise ValueError(f"`tile_size` must be 0 or at least {self.grid_multiple} pixels, got {tile_size}.")
         if tile_overlap is not None and (not isinstance(tile_overlap, int) or tile_overlap < 0):
             raise ValueError(f"`tile_overlap` must be a non-negative integer, got {tile_overlap!r}.")
+        if tile_size and tile_overlap is not None and tile_overlap > max_tile_overlap(tile_size):
+            raise ValueError(
+                f"`tile_overlap` must be at most half the tile ({max_tile_overlap(tile_size)} px for {tile_size}-px "
+                f"tiles), got {tile_overlap}."
+            )
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
         if color_fix not in (None, "none", "adain", "wavelet"):
@@ -378,6 +383,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                 have no seams and memory stays bounded by the tile size.
             tile_overlap (`int`, *optional*): overlap of neighbouring tiles in output pixels; `None` uses the
                 pipeline's `default_tile_overlap`, else an eighth of the tile for 1 step and a quarter for more.
+                At most half the tile.
             tile_batch_size (`int`, defaults to 4): tiles run through the transformer together.
             color_fix (`str`, *optional*): `"adain"` or `"wavelet"` colour correction towards the input.
             max_output_pixels (`int`, *optional*): refuse outputs larger than this (`None`: no limit).

@@ -16,7 +16,7 @@ import PIL.ImageOps
 import pytest
 from PIL import ExifTags
 
-from pipeline_teasr.cli import main
+from pipeline_teasr.cli import CPU_FLOAT16, main
 
 from .conftest import icc_profile, random_photo
 
@@ -193,6 +193,7 @@ def test_bad_files_exit_2_with_one_line_and_no_output(run_cli, tmp_path, kind):
         (["--start-timestep", "0"], "start_timestep"),
         (["--start-timestep", "1.2"], "start_timestep"),
         (["--scale", "100", "--max-output-pixels", "100000"], "max_output_pixels"),
+        (["--tile", "16", "--tile-overlap", "100"], "tile_overlap"),
     ],
 )
 def test_bad_arguments_exit_2(run_cli, tmp_path, args, word):
@@ -358,3 +359,21 @@ def test_bfloat16_on_a_cpu_without_native_bfloat16_warns_and_still_upscales(run_
     assert code == 0 and PIL.Image.open(tmp_path / "out.png").size == (64, 64)
     warned = [line for line in err.splitlines() if "no native bfloat16" in line]
     assert len(warned) == (0 if native else 1) and (native or "--dtype float32" in warned[0])
+
+
+def test_float16_on_the_cpu_warns_once_and_gives_the_float32_image(tiny_pipeline_dir, tmp_path, capfd):
+    """diffusers warns (several lines) that a float16 pipeline moved to the CPU will fail; it runs, only slowly, so the
+    CLI says that in one line of its own instead."""
+    random_photo(16, 16).save(tmp_path / "in.png")
+    outputs = {}
+    for dtype in ("float32", "float16"):
+        target = tmp_path / f"{dtype}.png"
+        code = main(
+            ["upscale", str(tmp_path / "in.png"), "-o", str(target), "--model", tiny_pipeline_dir, "--dtype", dtype]
+        )
+        err = capfd.readouterr().err
+        assert code == 0, err
+        outputs[dtype] = np.asarray(PIL.Image.open(target)).astype(int)
+    assert err.strip().splitlines() == [f"teasr: warning: {CPU_FLOAT16}; use --dtype float32"]
+    difference = np.abs(outputs["float16"] - outputs["float32"])
+    assert difference.mean() < 0.5 and difference.max() <= 8  # rounding, not another image

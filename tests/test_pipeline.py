@@ -238,6 +238,7 @@ def test_callback_sees_each_step(tiny_pipeline):
         (dict(output_type="jpeg"), "output_type"),
         (dict(color_fix="magic"), "color_fix"),
         (dict(tile_size=1), "tile_size"),
+        (dict(tile_size=16, tile_overlap=9), r"at most half the tile \(8 px for 16-px tiles\), got 9"),
         (dict(start="image"), "start"),
     ],
 )

@@ -484,6 +484,8 @@ def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_pa
         run_in_process("train_teasr_lora", [*args, *base, "--use_ema", "--ema_decay", "1.0"])
     with pytest.raises(ValueError, match="--default_tile_overlap must be >= 0"):
         run_in_process("train_teasr_lora", [*args, *base, "--default_tile_overlap", "-1"])
+    with pytest.raises(ValueError, match=r"--default_tile_overlap must be at most half the default tile \(8 px"):
+        run_in_process("train_teasr_lora", [*args, *base, "--default_tile_overlap", "9"])  # 16-px tiles
     with pytest.raises(ValueError, match="--cache_images keeps a map-style dataset"):
         run_in_process("train_teasr_lora", [*args, *base, "--cache_images", "--streaming"])
     assert not glob.glob(str(out / "checkpoint-*")) and not glob.glob(str(out / "*.safetensors"))
