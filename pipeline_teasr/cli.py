@@ -216,7 +216,16 @@ def load_pipeline(model: str | None, device: str | None, dtype: str):
 
 
 def collect_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
-    """Pair each input file with its output path: one input -> `output` is a file, else a folder."""
+    """Pair each input file with its output path: one input -> `output` is a file, else a folder. An output that
+    would replace its own input is refused."""
+    jobs = _pair_inputs_with_outputs(inputs, output)
+    for source, target in jobs:
+        if target.exists() and target.resolve() == source.resolve():
+            raise CLIError(f"the output for {source} is the input itself; pass another -o so the photo is kept")
+    return jobs
+
+
+def _pair_inputs_with_outputs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
     if len(inputs) == 1 and Path(inputs[0]).is_dir():
         folder = Path(inputs[0])
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -387,6 +396,8 @@ def run_export(args: argparse.Namespace) -> int:
     from .export import ExportError, export_pipeline, push_folder
     from .hub import default_model_path
 
+    if args.model is not None and not Path(args.model).exists() and _looks_like_local_path(args.model):
+        raise CLIError(f"model folder not found: {args.model}")
     try:
         model = args.model or default_model_path()
         folder = export_pipeline(

@@ -377,3 +377,14 @@ def test_float16_on_the_cpu_warns_once_and_gives_the_float32_image(tiny_pipeline
     assert err.strip().splitlines() == [f"teasr: warning: {CPU_FLOAT16}; use --dtype float32"]
     difference = np.abs(outputs["float16"] - outputs["float32"])
     assert difference.mean() < 0.5 and difference.max() <= 8  # rounding, not another image
+
+
+@pytest.mark.parametrize("to_folder", [False, True])
+def test_an_output_that_would_replace_its_input_is_refused_and_the_photo_kept(run_cli, tmp_path, to_folder):
+    random_photo(8, 8).save(tmp_path / "photo.png")
+    random_photo(8, 8, seed=1).save(tmp_path / "other.jpg")
+    before = (tmp_path / "photo.png").read_bytes()
+    args = (str(tmp_path), "-o", str(tmp_path)) if to_folder else (str(tmp_path / "photo.png"), "-o", str(tmp_path))
+    code, _, err = run_cli(*args)
+    assert code == 2 and err.count("\n") == 1 and "is the input itself" in err, err
+    assert (tmp_path / "photo.png").read_bytes() == before and not (tmp_path / "other.png").exists()

@@ -56,6 +56,7 @@ CASES = {
     "export fuse without lora": (["export", "{tmp}/out", "--model", "{tmp}", "--fuse"], "--fuse needs --lora"),
     "export missing lora": (["export", "{tmp}/out", "--model", "{tmp}", "--lora", "{tmp}/nope"], "LoRA not found"),
     "export not a pipeline": (["export", "{tmp}/out", "--model", "{empty}"], "model_index.json is missing"),
+    "export missing model folder": (["export", "{tmp}/out", "--model", "{tmp}/nope"], "model folder not found"),
 }
 
 
