@@ -921,8 +921,31 @@ def check_common_args(args: argparse.Namespace) -> None:
     for path in args.validation_image or []:
         if not os.path.isfile(path):
             raise ValueError(f"--validation_image {path!r} does not exist.")
-    if args.max_bad_steps < 1:
-        raise ValueError("--max_bad_steps must be >= 1.")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ValueError(f"--output_dir {args.output_dir!r} is a file; pass a folder (new or to resume in).")
+    for flag in (
+        "train_batch_size",
+        "num_train_epochs",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "validation_steps",
+        "max_bad_steps",
+    ):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise ValueError(f"--max_train_steps must be >= 1, got {args.max_train_steps}.")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}.")
+    for flag in ("lr_warmup_steps", "dataloader_num_workers"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
+    for flag in ("learning_rate", "critic_learning_rate"):
+        value = getattr(args, flag, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{flag} must be a positive number, got {value}.")
+    if not args.full_finetune and (args.rank < 1 or args.lora_alpha < 1):
+        raise ValueError(f"--rank and --lora_alpha must be >= 1, got {args.rank} and {args.lora_alpha}.")
     if not 0.0 < args.ema_decay < 1.0:
         raise ValueError(f"--ema_decay must lie in (0, 1), got {args.ema_decay}.")
     if args.conv_channels < 0 or args.conv_blocks < 0:

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -489,6 +490,36 @@ def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_pa
     with pytest.raises(ValueError, match="--cache_images keeps a map-style dataset"):
         run_in_process("train_teasr_lora", [*args, *base, "--cache_images", "--streaming"])
     assert not glob.glob(str(out / "checkpoint-*")) and not glob.glob(str(out / "*.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--learning_rate=-1e-4"], "--learning_rate must be a positive number, got -0.0001"),  # would ascend
+        (["--learning_rate", "nan"], "--learning_rate must be a positive number, got nan"),
+        (["--critic_learning_rate", "0"], "--critic_learning_rate must be a positive number"),
+        (["--max_train_steps", "0"], "--max_train_steps must be >= 1, got 0"),  # saved the untrained base
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be >= 1"),  # ZeroDivisionError
+        (["--checkpointing_steps", "0"], "--checkpointing_steps must be >= 1"),  # ZeroDivisionError
+        (["--train_batch_size", "0"], "--train_batch_size must be >= 1"),
+        (["--rank", "0"], "--rank and --lora_alpha must be >= 1"),
+        (["--dataloader_num_workers=-1"], "--dataloader_num_workers must be >= 0"),
+    ],
+)
+def test_out_of_range_numbers_are_one_clear_error_before_loading(photo_folder, tmp_path, flags, message):
+    out = tmp_path / "run"
+    args = common_args(photo_folder, out, str(tmp_path / "cache"), steps=2)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_in_process("train_teasr_lora", [*args, "--pretrained_model_name_or_path", str(tmp_path / "none"), *flags])
+    assert not out.exists()  # refused before the base is looked for
+
+
+def test_an_output_dir_that_is_a_file_is_refused(photo_folder, tiny_pipeline_dir, tmp_path):
+    (tmp_path / "run").write_text("notes")
+    args = common_args(photo_folder, tmp_path / "run", str(tmp_path / "cache"), steps=2)
+    with pytest.raises(ValueError, match="--output_dir .* is a file; pass a folder"):
+        run_in_process("train_teasr_lora", [*args, "--pretrained_model_name_or_path", tiny_pipeline_dir])
+    assert (tmp_path / "run").read_text() == "notes"
 
 
 def test_diverging_run_stops_and_saves_nothing(photo_folder, tiny_pipeline_dir, tmp_path):
