@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn as nn
 
@@ -837,7 +838,7 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
     add("--adam_beta2", type=float, default=0.999)
     add("--adam_weight_decay", type=float, default=1e-4)
     add("--adam_epsilon", type=float, default=1e-8)
-    add("--max_grad_norm", type=float, default=1.0)
+    add("--max_grad_norm", type=float, default=1.0, help="Clip the gradient norm to this (<= 0: no clipping).")
     add(
         "--use_ema",
         action="store_true",
@@ -914,6 +915,8 @@ def check_common_args(args: argparse.Namespace) -> None:
     """Flag combinations that cannot work, reported before anything is loaded."""
     if (args.train_data_dir is None) == (args.dataset_name is None):
         raise ValueError("Pass exactly one of --train_data_dir or --dataset_name.")
+    if args.resolution < 1 or args.scale < 1:
+        raise ValueError(f"--resolution and --scale must be >= 1, got {args.resolution} and {args.scale}.")
     if args.resolution % args.scale:
         raise ValueError(f"--resolution ({args.resolution}) must be a multiple of --scale ({args.scale}).")
     if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
@@ -921,6 +924,10 @@ def check_common_args(args: argparse.Namespace) -> None:
     for path in args.validation_image or []:
         if not os.path.isfile(path):
             raise ValueError(f"--validation_image {path!r} does not exist.")
+        try:
+            PIL.Image.open(path).close()  # reads the header only
+        except (OSError, PIL.Image.DecompressionBombError) as error:
+            raise ValueError(f"--validation_image {path!r} is not a readable image ({error}).") from None
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise ValueError(f"--output_dir {args.output_dir!r} is a file; pass a folder (new or to resume in).")
     for flag in (

@@ -504,6 +504,9 @@ def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_pa
         (["--train_batch_size", "0"], "--train_batch_size must be >= 1"),
         (["--rank", "0"], "--rank and --lora_alpha must be >= 1"),
         (["--dataloader_num_workers=-1"], "--dataloader_num_workers must be >= 0"),
+        (["--scale", "0"], "--resolution and --scale must be >= 1, got 16 and 0"),  # ZeroDivisionError
+        (["--resolution", "0"], "--resolution and --scale must be >= 1, got 0 and 4"),  # failed at the first batch
+        (["--validation_image", __file__], "is not a readable image"),  # a traceback after training
     ],
 )
 def test_out_of_range_numbers_are_one_clear_error_before_loading(photo_folder, tmp_path, flags, message):
