@@ -634,10 +634,61 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None = None) -> str:
+# Flags that decide which tensors a checkpoint holds and their shapes: a run resumed with other values would fail
+# deep inside `load_state` (or load the wrong thing), so checkpoints record them and resume compares.
+CHECKPOINT_STATE_FLAGS = (
+    "full_finetune",
+    "rank",
+    "lora_alpha",
+    "lora_layers",
+    "trainable_modules",
+    "lq_skip",
+    "conv_channels",
+    "conv_blocks",
+    "model_config",
+    "critic_blocks",
+    "critic_kernel_size",
+    "use_ema",
+    "use_8bit_adam",
+)
+
+
+def checkpoint_state_flags(args: argparse.Namespace) -> dict:
+    """The `CHECKPOINT_STATE_FLAGS` this script has, as JSON would store them."""
+    return json.loads(
+        json.dumps({flag: getattr(args, flag) for flag in CHECKPOINT_STATE_FLAGS if hasattr(args, flag)})
+    )
+
+
+def check_resumable(args: argparse.Namespace) -> None:
+    """Refuse to resume from a checkpoint written with other `CHECKPOINT_STATE_FLAGS` (checkpoints written before
+    they were recorded are not checked)."""
+    if args.resume_from_checkpoint == "latest":
+        path = latest_checkpoint(args.output_dir)
+    else:
+        path = args.resume_from_checkpoint
+    if path is None or not os.path.isfile(os.path.join(path, CHECKPOINT_MARKER)):
+        return
+    with open(os.path.join(path, CHECKPOINT_MARKER), encoding="utf-8") as handle:
+        recorded = json.load(handle).get("state_flags") or {}
+    current = checkpoint_state_flags(args)
+    differing = [flag for flag in recorded if flag in current and recorded[flag] != current[flag]]
+    if differing:
+        then = ", ".join(f"--{flag}={recorded[flag]!r}" for flag in differing)
+        now = ", ".join(f"--{flag}={current[flag]!r}" for flag in differing)
+        raise ValueError(
+            f"--resume_from_checkpoint: {path} was written with {then}, this run has {now}: pass the same values "
+            "to resume it, or another --output_dir to start a new run."
+        )
+
+
+def save_checkpoint(
+    accelerator, output_dir: str, step: int, total_limit: int | None = None, state_flags: dict | None = None
+) -> str:
     """`accelerator.save_state` into a temporary folder, then an atomic rename to `checkpoint-{step}`.
 
     Resume only considers folders with the marker file, written last, so a half-written checkpoint is never picked.
+    The marker records the step and `state_flags` (`checkpoint_state_flags`, what `check_resumable` compares).
     Older checkpoints beyond `total_limit` are removed only after the new one is in place.
     """
     final = os.path.join(output_dir, f"checkpoint-{step}")
@@ -649,7 +700,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(os.path.join(temporary, CHECKPOINT_MARKER), "w", encoding="utf-8") as handle:
-            json.dump({"global_step": step}, handle)
+            json.dump({"global_step": step, "state_flags": state_flags or {}}, handle)
         if os.path.isdir(final):
             remove_checkpoint(final)
         os.replace(temporary, final)
@@ -921,6 +972,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--resolution ({args.resolution}) must be a multiple of --scale ({args.scale}).")
     if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
         raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a folder.")
+    if args.resume_from_checkpoint:
+        check_resumable(args)
     for path in args.validation_image or []:
         if not os.path.isfile(path):
             raise ValueError(f"--validation_image {path!r} does not exist.")
@@ -1433,7 +1486,13 @@ def run_training(
                 # one ended, not at the checkpoint before.
                 if global_step % args.checkpointing_steps == 0 or global_step >= max_train_steps:
                     assert_finite_parameters(*[unwrap_module(m) for m in train_modules])
-                    saved = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                    saved = save_checkpoint(
+                        accelerator,
+                        args.output_dir,
+                        global_step,
+                        args.checkpoints_total_limit,
+                        state_flags=checkpoint_state_flags(args),
+                    )
                     log.info(f"Saved checkpoint {saved}")
                 if args.validation_steps and global_step % args.validation_steps == 0:
                     run_validation(global_step)

@@ -312,6 +312,31 @@ def test_8bit_adam_without_bitsandbytes_is_one_clear_error_before_loading(
     assert not (tmp_path / "run").exists()
 
 
+def test_resuming_with_other_model_flags_is_one_clear_error_and_the_checkpoint_is_kept(
+    photo_folder, tiny_pipeline_dir, tmp_path
+):
+    """A checkpoint records the flags that shape its tensors; resuming with others used to fail deep inside
+    accelerate's `load_state` (size mismatches, or a missing config.json for a full fine-tune)."""
+    out = tmp_path / "run"
+    args = [
+        *common_args(photo_folder, out, str(tmp_path / "cache"), steps=2),
+        "--pretrained_model_name_or_path", tiny_pipeline_dir, "--rank", "4", "--lora_alpha", "4",
+        "--checkpointing_steps", "2", "--report_to", "none", "--resume_from_checkpoint", "latest",
+    ]  # fmt: skip
+    run_in_process("train_teasr_lora", args)
+    marker = json.loads((out / "checkpoint-2" / CHECKPOINT_MARKER).read_text())
+    assert marker["global_step"] == 2 and marker["state_flags"]["rank"] == 4
+    for flags, message in (
+        (["--rank", "8"], "written with --rank=4, this run has --rank=8"),
+        (["--full_finetune"], "written with --full_finetune=False, this run has --full_finetune=True"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message) + ".* or another --output_dir to start a new run"):
+            run_in_process("train_teasr_lora", [*args, "--max_train_steps", "4", *flags])
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    run_in_process("train_teasr_lora", [*args, "--max_train_steps", "3"])  # the same flags resume
+    assert (out / "checkpoint-3").is_dir()
+
+
 def test_push_to_hub_failures_are_one_clear_error_and_the_trained_model_stays_saved(
     photo_folder, tiny_pipeline_dir, tmp_path, monkeypatch
 ):
