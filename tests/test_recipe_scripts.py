@@ -326,6 +326,27 @@ def test_report_tables_show_the_grid_column_and_tolerate_older_reports(tmp_path,
     assert (out / "teasr_mini_steps.png").stat().st_size > 0
 
 
+def test_comparison_crops_the_most_detailed_window_of_the_truth_and_shows_what_eval_saved(tmp_path, tiny_pipeline_dir):
+    comparison = _import_recipe_script("comparison")
+    flat = np.full((64, 96, 3), 128, dtype=np.uint8)
+    flat[24:40, 56:72] = np.random.default_rng(0).integers(0, 255, (16, 16, 3))  # the only detail
+    assert comparison.most_detailed_window(flat, 16, stride=8) == (24, 56)
+
+    gt_dir, saved, figure = tmp_path / "heldout", tmp_path / "images", tmp_path / "docs" / "comparison.png"
+    gt_dir.mkdir()
+    for seed in range(2):
+        random_photo(32, 48, seed=seed).save(gt_dir / f"photo{seed}.png")
+    pipe = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
+    evaluate(gt_dir, steps=[1, 4], baselines=["bicubic"], degradation="light", pipeline=pipe, learned=[],
+             progress=False, tile_size=16, save_dir=saved)  # fmt: skip
+    args = ["--eval_dir", str(saved), "--gt", str(gt_dir), "--names", "photo0", "photo1", "--crop", "16"]
+    result = _run(*args, "--out", str(figure), script=RECIPE_DIR / "comparison.py")
+    assert result.returncode == 0, result.stderr
+    assert PIL.Image.open(figure).size[0] > PIL.Image.open(figure).size[1] > 0  # 2 rows of 5 panels
+    missing = _run(*args, "--methods", "teasr-8step", "--out", str(figure), script=RECIPE_DIR / "comparison.py")
+    assert missing.returncode != 0 and "missing: " in missing.stderr and "teasr-8step" in missing.stderr
+
+
 def test_recipe_trains_the_main_run_beside_the_ablations_then_resumes_it_and_extends_it(tmp_path):
     """recipe.sh: the main run's first PARALLEL_STEPS steps train beside the ablations, the rest resume on every core;
     a re-run skips finished runs, and a larger DISTILL_STEPS continues the finished run from its last checkpoint."""

@@ -187,7 +187,8 @@ if has_stage eval; then
       --steps $steps --start "$mode" --start-timestep "$level" --json "$RUNS/eval/${name}_${protocol}.json" \
       --name "teasr-mini heldout" --quiet "$@"
   }
-  ev teasr light "$RUNS/teasr" "1 2 4 8" "$START_MODE" "$START_T" --baseline bicubic lanczos
+  ev teasr light "$RUNS/teasr" "1 2 4 8" "$START_MODE" "$START_T" --baseline bicubic lanczos \
+    --save-images "$RUNS/eval/images"
   ev teasr bicubic "$RUNS/teasr" "1 2 4 8" "$START_MODE" "$START_T" --baseline bicubic lanczos
   ev base light "$RUNS/flow_base" "1 2 4 8" noise 1.0
   for model in teasr_short coupled no_rect critic; do
@@ -197,12 +198,22 @@ fi
 
 if has_stage report; then
   $PY train_scripts/teasr_mini/report.py --runs "$RUNS/eval" --out docs
+  # Crops of the scikit-image held-out photos (public domain / CC0) as the evaluation scored them.
+  shown=()
+  for photo in "$DATA"/heldout/skimage_*.png; do
+    [ -f "$photo" ] && shown+=("$(basename "$photo" .png)")
+  done
+  if [ -d "$RUNS/eval/images" ] && [ ${#shown[@]} -gt 0 ]; then
+    $PY train_scripts/teasr_mini/comparison.py --eval_dir "$RUNS/eval/images" --gt "$DATA/heldout" \
+      --names "${shown[@]}" --out docs/teasr_mini_comparison.png
+  fi
 fi
 
 if has_stage export; then
   $PY -m pipeline_teasr.cli export model_card --model "$RUNS/teasr" --overwrite --model-name teasr-mini \
     --card-json "$RUNS/eval/teasr_light.json" "$RUNS/eval/teasr_bicubic.json" \
-    --training-recipe train_scripts/teasr_mini/RECIPE.md --card-image docs/teasr_mini_steps.png
+    --training-recipe train_scripts/teasr_mini/RECIPE.md \
+    --card-image docs/teasr_mini_steps.png docs/teasr_mini_comparison.png
   $PY - "$START_MODE" "$START_T" <<'PYTHON'
 import sys
 from pipeline_teasr import TEASRPipeline
