@@ -333,7 +333,7 @@ def run_upscale(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import shlex
 
-    from .evaluation import EvaluationError, evaluate, render_markdown, write_json
+    from .evaluation import EvaluationError, collect_images, evaluate, render_markdown, write_json
 
     if args.steps is not None and args.no_model:
         raise CLIError("--steps and --no-model contradict each other")
@@ -346,6 +346,12 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     for name in (args.json, args.markdown):
         if name is not None and Path(name).is_dir():
             raise CLIError(f"{name} is a folder; --json / --markdown take a file name")
+    try:  # a missing or empty folder is reported before seconds of loading the model
+        for folder, what in ((args.gt, "GT"), (args.lr, "LR"), (args.pred, "prediction")):
+            if folder is not None:
+                collect_images(folder, what)
+    except EvaluationError as error:
+        raise CLIError(str(error)) from None
     try:
         pipe = load_pipeline(args.model, args.device, args.dtype) if steps else None
     except ValueError as error:  # e.g. no default model
