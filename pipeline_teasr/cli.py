@@ -292,6 +292,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     from .pipeline_teasr import DEFAULT_MAX_OUTPUT_PIXELS
 
     pipe = load_pipeline(args.model, args.device, args.dtype)
+    if len(jobs) == 1 and sys.stderr.isatty():  # one large photo can take minutes: show its tiles going by
+        pipe.set_progress_bar_config(disable=False, leave=False, desc="upscaling", unit="tiles batch")
     max_pixels = args.max_output_pixels or DEFAULT_MAX_OUTPUT_PIXELS
     failures: list[tuple[Path, str]] = []
     progress = tqdm(jobs, desc="upscaling", unit="img", disable=len(jobs) == 1 or not sys.stderr.isatty())

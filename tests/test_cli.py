@@ -388,3 +388,14 @@ def test_an_output_that_would_replace_its_input_is_refused_and_the_photo_kept(ru
     code, _, err = run_cli(*args)
     assert code == 2 and err.count("\n") == 1 and "is the input itself" in err, err
     assert (tmp_path / "photo.png").read_bytes() == before and not (tmp_path / "other.png").exists()
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_one_photo_shows_its_tile_progress_on_a_terminal_only(run_cli, tmp_path, monkeypatch, terminal):
+    """A single large photo takes minutes on a CPU (94 s for a 4096 x 3072 output here): on a terminal the CLI shows
+    the pipeline's progress over tile batches; in a log or a pipe it prints only its one result line."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    random_photo(24, 24).save(tmp_path / "in.png")
+    code, out, err = run_cli(str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--tile", "32")
+    assert code == 0 and out.count("\n") == 1
+    assert ("upscaling" in err and "tiles batch" in err) == terminal, err
