@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -222,7 +224,24 @@ def collect_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
     for source, target in jobs:
         if target.exists() and target.resolve() == source.resolve():
             raise CLIError(f"the output for {source} is the input itself; pass another -o so the photo is kept")
+    for folder in sorted({target.parent for _, target in jobs}):
+        check_writable_folder(folder)
     return jobs
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Create `folder` if needed and write a probe file into it, so an output that cannot be written is reported
+    before any upscaling rather than after each image."""
+    blocking = next((parent for parent in (folder, *folder.parents) if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise CLIError(f"cannot write into {folder}: {blocking} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".teasr-write-check.")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise CLIError(f"cannot write into {folder}: {error.strerror or error}") from None
 
 
 def _pair_inputs_with_outputs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:

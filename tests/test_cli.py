@@ -16,7 +16,7 @@ import PIL.ImageOps
 import pytest
 from PIL import ExifTags
 
-from pipeline_teasr.cli import CPU_FLOAT16, main
+from pipeline_teasr.cli import CPU_FLOAT16, CLIError, collect_jobs, main
 
 from .conftest import icc_profile, random_photo
 
@@ -399,3 +399,13 @@ def test_one_photo_shows_its_tile_progress_on_a_terminal_only(run_cli, tmp_path,
     code, out, err = run_cli(str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--tile", "32")
     assert code == 0 and out.count("\n") == 1
     assert ("upscaling" in err and "tiles batch" in err) == terminal, err
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_upscaling(tmp_path):
+    (tmp_path / "notes").write_text("a file where a folder should be")
+    random_photo(8, 8).save(tmp_path / "photo.png")
+    for output in (tmp_path / "notes" / "x.png", tmp_path / "notes" / "sub" / "x.png"):
+        with pytest.raises(CLIError, match=f"cannot write into .*: {tmp_path / 'notes'} is a file, not a folder"):
+            collect_jobs([str(tmp_path / "photo.png")], str(output))  # before the model is loaded
+    jobs = collect_jobs([str(tmp_path / "photo.png")], str(tmp_path / "new" / "deeper" / "x.png"))
+    assert jobs[0][1].parent.is_dir() and not list(jobs[0][1].parent.iterdir())  # created, probe removed
