@@ -51,17 +51,27 @@ def load_image_dataset(
     requested column does not exist.
     """
     from datasets import Image, load_dataset
+    from datasets.data_files import EmptyDatasetError
+    from datasets.exceptions import DatasetNotFoundError
 
     if (train_data_dir is None) == (dataset_name is None):
         raise ValueError("Pass exactly one of `--train_data_dir` (a local image folder) or `--dataset_name`.")
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise ValueError(f"--train_data_dir {train_data_dir!r} is not a folder.")
-        dataset = load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
+        try:
+            dataset = load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
+        except EmptyDatasetError:
+            raise ValueError(f"--train_data_dir {train_data_dir!r} holds no image files.") from None
     else:
-        dataset = load_dataset(
-            dataset_name, dataset_config_name, split=split, cache_dir=cache_dir, streaming=streaming
-        )
+        try:
+            dataset = load_dataset(
+                dataset_name, dataset_config_name, split=split, cache_dir=cache_dir, streaming=streaming
+            )
+        except (ConnectionError, FileNotFoundError, DatasetNotFoundError, EmptyDatasetError) as error:
+            # Offline, no such dataset, no access, or no data files: `datasets` says which in its first line.
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f"--dataset_name {dataset_name!r} could not be loaded: {reason}") from None
 
     features = dataset.features
     columns = list(features) if features is not None else list(dataset.column_names or [])

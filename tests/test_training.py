@@ -542,6 +542,24 @@ def test_out_of_range_numbers_are_one_clear_error_before_loading(photo_folder, t
     assert not out.exists()  # refused before the base is looked for
 
 
+def test_an_empty_folder_or_an_unreachable_hub_dataset_is_one_clear_error(
+    photo_folder, tiny_pipeline_dir, tmp_path, monkeypatch
+):
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as on a machine without the Hub
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    (tmp_path / "empty").mkdir()
+    base = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--report_to", "none"]
+    args = common_args(tmp_path / "empty", tmp_path / "run", str(tmp_path / "cache"), steps=2)
+    with pytest.raises(ValueError, match="--train_data_dir .*empty' holds no image files"):
+        run_in_process("train_teasr_lora", [*args, *base])  # was datasets' EmptyDatasetError traceback
+    hub = [arg for arg in args if arg not in ("--train_data_dir", str(tmp_path / "empty"))]
+    with pytest.raises(ValueError, match="--dataset_name 'nobody/no-such-photos' could not be loaded: Couldn't reach"):
+        run_in_process("train_teasr_lora", [*hub, *base, "--dataset_name", "nobody/no-such-photos"])
+
+
 def test_an_output_dir_that_is_a_file_is_refused(photo_folder, tiny_pipeline_dir, tmp_path):
     (tmp_path / "run").write_text("notes")
     args = common_args(photo_folder, tmp_path / "run", str(tmp_path / "cache"), steps=2)
