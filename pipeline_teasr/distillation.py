@@ -544,11 +544,17 @@ def load_vae(path: str, torch_dtype: torch.dtype | None = None):
     """An `AutoencoderKLQwenImage` or `AutoencoderKL` folder (a `vae/` subfolder of a pipeline is looked into)."""
     from diffusers import AutoencoderKL, AutoencoderKLQwenImage
 
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"VAE folder not found: {path!r} (pass a local AutoencoderKLQwenImage or AutoencoderKL folder, or a "
+            "pipeline folder holding vae/)."
+        )
     if os.path.isdir(os.path.join(path, "vae")) and not os.path.isfile(os.path.join(path, "config.json")):
         path = os.path.join(path, "vae")
     vae_class = _class_name(os.path.join(path, "config.json"))
     if vae_class not in ("AutoencoderKLQwenImage", "AutoencoderKL"):
-        raise ValueError(f"{path} is not an AutoencoderKLQwenImage or AutoencoderKL folder ({vae_class}).")
+        found = f"its config.json names {vae_class}" if vae_class else "it holds no config.json naming a class"
+        raise ValueError(f"{path} is not an AutoencoderKLQwenImage or AutoencoderKL folder: {found}.")
     vae_type = AutoencoderKLQwenImage if vae_class == "AutoencoderKLQwenImage" else AutoencoderKL
     return vae_type.from_pretrained(path, torch_dtype=torch_dtype, use_safetensors=True)
 

@@ -502,6 +502,12 @@ def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_pa
     (not_a_model / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
     with pytest.raises(ValueError, match="not a usable base"):
         run_in_process("train_teasr_lora", [*args, "--pretrained_model_name_or_path", str(not_a_model)])
+    with pytest.raises(ValueError, match="VAE folder not found: .*nowhere' \\(pass a local AutoencoderKLQwenImage"):
+        run_in_process(
+            "train_teasr_lora", [*args, *base, "--pretrained_vae_model_name_or_path", str(tmp_path / "nowhere")]
+        )
+    with pytest.raises(ValueError, match="not_a_model is not an AutoencoderKLQwenImage .*names UNet2DConditionModel"):
+        run_in_process("train_teasr_lora", [*args, *base, "--pretrained_vae_model_name_or_path", str(not_a_model)])
     with pytest.raises(ValueError, match="--lq_skip adds a new layer that a LoRA cannot train"):
         run_in_process("train_teasr_lora", [*args, *base, "--lq_skip"])
     with pytest.raises(ValueError, match="--conv_channels adds new layers that a LoRA cannot train"):
