@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
+FLOAT_RANGE_SLACK = 0.1  # float inputs may stray this far outside [0, 1] and are clipped; further is an error
 
 
 @dataclass
@@ -171,6 +172,13 @@ def _array_to_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise ValueError("`image` has zero size")
     if not torch.isfinite(tensor).all():
         raise ValueError("`image` contains NaN or infinite values")
+    low, high = float(tensor.min()), float(tensor.max())
+    # A little overshoot (resampling, another model's output) is clipped; 0-255 or [-1, 1] data would be a wrong image.
+    if low < -FLOAT_RANGE_SLACK or high > 1.0 + FLOAT_RANGE_SLACK:
+        raise ValueError(
+            f"float `image` values must lie in [0, 1], got {low:.3g} to {high:.3g}: divide 0-255 data by 255, map "
+            "[-1, 1] data with (x + 1) / 2"
+        )
     return tensor.clamp(0.0, 1.0)
 
 

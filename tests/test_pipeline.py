@@ -256,6 +256,19 @@ def test_zero_size_and_wrong_types_rejected(tiny_pipeline):
         tiny_pipeline(np.full((4, 4, 3), np.nan, dtype=np.float32))
 
 
+def test_float_images_outside_0_1_are_refused_and_a_slight_overshoot_is_clipped(tiny_pipeline):
+    """0-255 floats would come out white and [-1, 1] tensors half black: both are a wrong image, so refused."""
+    photo = np.asarray(random_photo(8, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"values must lie in \[0, 1\], got .*: divide 0-255 data by 255"):
+        tiny_pipeline(photo)
+    with pytest.raises(ValueError, match=r"map \[-1, 1\] data with \(x \+ 1\) / 2"):
+        tiny_pipeline(torch.from_numpy(photo / 127.5 - 1).permute(2, 0, 1))
+    overshoot = np.clip(photo / 255 * 1.1 - 0.05, -0.05, 1.05)  # as a sharpening step might leave it
+    clipped = np.clip(overshoot, 0, 1)
+    results = [tiny_pipeline(image, start="lq", output_type="np").images[0] for image in (overshoot, clipped)]
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 def test_save_and_load_with_teasr_pipeline(tiny_pipeline, tiny_pipeline_dir):
     loaded = TEASRPipeline.from_pretrained(tiny_pipeline_dir)
     loaded.set_progress_bar_config(disable=True)
