@@ -26,7 +26,12 @@ class CLIError(Exception):
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the embedded teasr-mini)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: cuda if available)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 on a GPU that computes it natively (Ampere or newer), else float32",
+    )
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,8 +166,8 @@ def resolve_device_and_dtype(device: str | None, dtype: str):
         raise CLIError(f"--device {device!r} is not a valid device: {error}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda was requested but no CUDA GPU is available")
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if resolved.type == "cuda" else torch.float32
+    if dtype == "auto":  # bfloat16 on GPUs that compute it natively (Ampere and newer), else float32
+        torch_dtype = torch.bfloat16 if resolved.type == "cuda" and not bfloat16_is_emulated("cuda") else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
     if torch_dtype == torch.bfloat16 and bfloat16_is_emulated(resolved.type):

@@ -18,16 +18,22 @@ def cpu_has_native_bfloat16() -> bool:
 
 
 EMULATED_BFLOAT16 = (
-    "this CPU has no native bfloat16 (AVX512-BF16 or AMX): bfloat16 is emulated here and several times slower than "
-    "float32"
+    "this device has no native bfloat16 (a CPU without AVX512-BF16 or AMX, or a GPU older than Ampere such as a T4 or "
+    "V100): bfloat16 is emulated here and several times slower than float32"
 )
 
 
 def bfloat16_is_emulated(device_type: str) -> bool:
     """Whether bfloat16 on a device of this type (``"cpu"``, ``"cuda"``, ...) would run emulated, in software."""
-    return device_type == "cpu" and not cpu_has_native_bfloat16()
+    if device_type == "cpu":
+        return not cpu_has_native_bfloat16()
+    if device_type == "cuda":
+        return torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False)
+    return False
 
 
 def recommended_mixed_precision() -> str:
     """``"bf16"`` on a CUDA GPU or a CPU with native bfloat16, ``"no"`` elsewhere (the teasr-mini recipe's default)."""
-    return "bf16" if torch.cuda.is_available() or cpu_has_native_bfloat16() else "no"
+    if torch.cuda.is_available():
+        return "no" if bfloat16_is_emulated("cuda") else "bf16"
+    return "bf16" if cpu_has_native_bfloat16() else "no"

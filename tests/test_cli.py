@@ -409,3 +409,18 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_upscaling
             collect_jobs([str(tmp_path / "photo.png")], str(output))  # before the model is loaded
     jobs = collect_jobs([str(tmp_path / "photo.png")], str(tmp_path / "new" / "deeper" / "x.png"))
     assert jobs[0][1].parent.is_dir() and not list(jobs[0][1].parent.iterdir())  # created, probe removed
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_dtype_on_a_gpu_is_bfloat16_only_where_it_is_computed_natively(monkeypatch, native):
+    """A T4 or V100 (Colab's free GPU) emulates bfloat16; `--dtype auto` picks float32 there."""
+    import torch
+
+    from pipeline_teasr.cli import resolve_device_and_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation
+    )
+    device, dtype = resolve_device_and_dtype("cuda", "auto")
+    assert device.type == "cuda" and dtype == (torch.bfloat16 if native else torch.float32)

@@ -721,4 +721,7 @@ def test_mixed_precision_default_is_bf16_only_where_the_hardware_computes_bfloat
     assert hardware.recommended_mixed_precision() == "bf16"
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # Ampere or newer
     assert hardware.recommended_mixed_precision() == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)  # T4
+    assert hardware.recommended_mixed_precision() == "no" and hardware.bfloat16_is_emulated("cuda")
