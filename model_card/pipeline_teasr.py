@@ -39,6 +39,22 @@ PIPELINE_CODE_FILES = ("pipeline_teasr.py", "image_processing_teasr.py", "tiling
 TRANSFORMER_CODE_FILE = "transformer_teasr.py"
 
 
+def _lora_hint(path: str) -> str:
+    """For a folder holding only a trained LoRA: how to use it (it needs its base pipeline)."""
+    if not os.path.isfile(os.path.join(path, "pytorch_lora_weights.safetensors")):
+        return ""
+    base = "BASE"
+    try:
+        with open(os.path.join(path, "training_args.json"), encoding="utf-8") as handle:
+            base = json.load(handle).get("pretrained_model_name_or_path") or base
+    except (OSError, ValueError):
+        pass
+    return (
+        f" It holds a LoRA trained on {base}: load that pipeline and call `pipe.load_lora_weights({path!r})`, or "
+        f"merge them into one folder with `teasr export OUT --model {base} --lora {path} --fuse`."
+    )
+
+
 @dataclass
 class TEASRPipelineOutput(BaseOutput):
     """
@@ -625,7 +641,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             path = cls.download(path, **{k: kwargs.pop(k) for k in list(kwargs) if k in _DOWNLOAD_KWARGS})
         index_file = os.path.join(path, "model_index.json")
         if not os.path.isfile(index_file):
-            raise ValueError(f"{path} is not a TEASR pipeline folder: model_index.json is missing.")
+            raise ValueError(f"{path} is not a TEASR pipeline folder: model_index.json is missing.{_lora_hint(path)}")
         with open(index_file, encoding="utf-8") as handle:
             index = json.load(handle)
 

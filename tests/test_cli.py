@@ -14,6 +14,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import pytest
+import torch
 from PIL import ExifTags
 
 from pipeline_teasr.cli import CPU_FLOAT16, CLIError, collect_jobs, main
@@ -424,3 +425,18 @@ def test_auto_dtype_on_a_gpu_is_bfloat16_only_where_it_is_computed_natively(monk
     )
     device, dtype = resolve_device_and_dtype("cuda", "auto")
     assert device.type == "cuda" and dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_a_lora_folder_given_as_model_says_how_to_use_it(tmp_path, capsys):
+    """What train_teasr_lora.py writes without --full_finetune: the LoRA and its training args, no pipeline."""
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "teasr-lora"
+    lora.mkdir()
+    save_file({"lora_A": torch.zeros(2, 2)}, lora / "pytorch_lora_weights.safetensors")
+    (lora / "training_args.json").write_text('{"pretrained_model_name_or_path": "runs/flow_base"}')
+    random_photo(8, 8).save(tmp_path / "in.png")
+    code = main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", str(lora)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "model_index.json is missing" in err
+    assert f"teasr export OUT --model runs/flow_base --lora {lora} --fuse" in err
