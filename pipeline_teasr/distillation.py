@@ -935,7 +935,12 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
     add("--checkpointing_steps", type=int, default=500)
     add("--checkpoints_total_limit", type=int, default=None)
     add("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder, or "latest".')
-    add("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
+    add(
+        "--report_to",
+        type=str,
+        default="tensorboard",
+        help='"tensorboard", "wandb", ... (its package installed), "all" or "none".',
+    )
     add("--logging_dir", type=str, default="logs", help="TensorBoard folder, relative to --output_dir.")
     add("--tracker_project_name", type=str, default=None)
     add("--validation_image", type=str, nargs="+", default=None, help="LQ image(s) upscaled at each validation.")
@@ -966,6 +971,20 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
     add("--push_to_hub", action="store_true", help="Upload the final weights with a model card.")
     add("--hub_model_id", type=str, default=None)
     add("--hub_token", type=str, default=None)
+
+
+# The packages each --report_to tracker needs (any one of them); accelerate only warns and logs nothing without them.
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "comet_ml": ("comet_ml",),
+    "mlflow": ("mlflow",),
+    "aim": ("aim",),
+    "clearml": ("clearml",),
+    "dvclive": ("dvclive",),
+    "trackio": ("trackio",),
+    "swanlab": ("swanlab",),
+}
 
 
 def check_common_args(args: argparse.Namespace) -> None:
@@ -1022,6 +1041,12 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError("--cache_images keeps a map-style dataset in memory; a --streaming one is not kept.")
     if args.trainable_modules is not None and not args.full_finetune:
         raise ValueError("--trainable_modules selects what a full fine-tune trains: add --full_finetune.")
+    tracker_packages = TRACKER_PACKAGES.get(args.report_to, ())
+    if tracker_packages and not any(importlib.util.find_spec(name) for name in tracker_packages):
+        raise ValueError(
+            f"--report_to {args.report_to} needs the {tracker_packages[0]} package: "
+            f"`pip install {tracker_packages[0]}` (or --report_to none)."
+        )
     if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError("--use_8bit_adam needs bitsandbytes: `pip install bitsandbytes`.")
     if args.push_to_hub:

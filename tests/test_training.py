@@ -566,6 +566,18 @@ def test_an_empty_folder_or_an_unreachable_hub_dataset_is_one_clear_error(
         run_in_process("train_teasr_lora", [*hub, *base, "--dataset_name", "nobody/no-such-photos"])
 
 
+def test_a_tracker_that_is_not_installed_is_one_clear_error_instead_of_a_run_without_logs(
+    photo_folder, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed; accelerate would only warn
+    args = common_args(photo_folder, tmp_path / "run", str(tmp_path / "cache"), steps=2)
+    with pytest.raises(ValueError, match=re.escape("--report_to wandb needs the wandb package: `pip install wandb`")):
+        run_in_process(
+            "train_teasr_lora", [*args, "--pretrained_model_name_or_path", "unused", "--report_to", "wandb"]
+        )
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_output_dir_that_is_a_file_is_refused(photo_folder, tiny_pipeline_dir, tmp_path):
     (tmp_path / "run").write_text("notes")
     args = common_args(photo_folder, tmp_path / "run", str(tmp_path / "cache"), steps=2)
