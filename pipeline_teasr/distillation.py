@@ -666,17 +666,27 @@ def checkpoint_state_flags(args: argparse.Namespace) -> dict:
     )
 
 
+def resume_checkpoint_path(args: argparse.Namespace) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names: the newest complete one for "latest" (None if there is
+    none), else the given folder."""
+    if args.resume_from_checkpoint == "latest":
+        return latest_checkpoint(args.output_dir)
+    return args.resume_from_checkpoint
+
+
+def read_checkpoint_marker(path: str) -> dict:
+    """The checkpoint's marker: `global_step` and the `state_flags` it was written with (absent in older ones)."""
+    with open(os.path.join(path, CHECKPOINT_MARKER), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def check_resumable(args: argparse.Namespace) -> None:
     """Refuse to resume from a checkpoint written with other `CHECKPOINT_STATE_FLAGS` (checkpoints written before
     they were recorded are not checked)."""
-    if args.resume_from_checkpoint == "latest":
-        path = latest_checkpoint(args.output_dir)
-    else:
-        path = args.resume_from_checkpoint
+    path = resume_checkpoint_path(args)
     if path is None or not os.path.isfile(os.path.join(path, CHECKPOINT_MARKER)):
         return
-    with open(os.path.join(path, CHECKPOINT_MARKER), encoding="utf-8") as handle:
-        recorded = json.load(handle).get("state_flags") or {}
+    recorded = read_checkpoint_marker(path).get("state_flags") or {}
     current = checkpoint_state_flags(args)
     differing = [flag for flag in recorded if flag in current and recorded[flag] != current[flag]]
     if differing:
@@ -727,8 +737,7 @@ def remove_checkpoint(path: str) -> None:
 
 
 def checkpoint_step(path: str) -> int:
-    with open(os.path.join(path, CHECKPOINT_MARKER), encoding="utf-8") as handle:
-        return int(json.load(handle)["global_step"])
+    return int(read_checkpoint_marker(path)["global_step"])
 
 
 class NonFiniteGuard:
@@ -1390,11 +1399,7 @@ def run_training(
 
     global_step, first_epoch, resume_batches = 0, 0, 0
     if args.resume_from_checkpoint:
-        path = (
-            latest_checkpoint(args.output_dir)
-            if args.resume_from_checkpoint == "latest"
-            else args.resume_from_checkpoint
-        )
+        path = resume_checkpoint_path(args)
         if path is None:
             log.info("No complete checkpoint in --output_dir; starting a new run.")
         else:
