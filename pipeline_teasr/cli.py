@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import first_line
 from .files import atomic_write
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -206,8 +207,7 @@ def load_pipeline(model: str | None, device: str | None, dtype: str):
                 f"model {model!r} is not a local folder and could not be loaded from the Hugging Face Hub or its "
                 "cache (offline, or no such repo): pass a folder with model_index.json or a repo id you can reach"
             ) from None
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CLIError(f"cannot load the model in {model or default_model_path()}: {reason}") from None
+        raise CLIError(f"cannot load the model in {model or default_model_path()}: {first_line(error)}") from None
     pipe.set_progress_bar_config(disable=True)
     if torch_dtype == torch.float16 and torch_device.type == "cpu":
         # diffusers' own multi-line warning says such a pipeline will fail on the CPU; it runs (slowly), as ours says.
@@ -381,7 +381,7 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         pipe = load_pipeline(args.model, args.device, args.dtype) if steps else None
     except ValueError as error:  # e.g. no default model
-        raise CLIError(str(error).strip().splitlines()[0]) from None
+        raise CLIError(first_line(error)) from None
     device, _ = resolve_device_and_dtype(args.device, args.dtype)
     try:
         report = evaluate(
@@ -447,14 +447,13 @@ def run_export(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     except (ExportError, ValueError) as error:
-        raise CLIError(str(error).strip().splitlines()[0]) from None
+        raise CLIError(first_line(error)) from None
     print(f"exported {model}{f' + LoRA {args.lora}' if args.lora else ''} -> {folder}")
     if args.push:
         try:
             url = push_folder(folder, args.push, private=args.private)
         except Exception as error:  # network, authentication, permissions: all reported the same way
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CLIError(f"exported {folder}, but pushing to {args.push} failed: {first}") from None
+            raise CLIError(f"exported {folder}, but pushing to {args.push} failed: {first_line(error)}") from None
         print(f"pushed {folder} -> {url}")
     return 0
 

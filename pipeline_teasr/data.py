@@ -18,6 +18,7 @@ import PIL.ImageOps
 import torch
 
 from .degradations import DegradationConfig, RealWorldDegradation, bicubic_degradation
+from .errors import first_line
 from .image_processing_teasr import resize as resize_images
 
 __all__ = [
@@ -70,8 +71,7 @@ def load_image_dataset(
             )
         except (ConnectionError, FileNotFoundError, DatasetNotFoundError, EmptyDatasetError) as error:
             # Offline, no such dataset, no access, or no data files: `datasets` says which in its first line.
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise ValueError(f"--dataset_name {dataset_name!r} could not be loaded: {reason}") from None
+            raise ValueError(f"--dataset_name {dataset_name!r} could not be loaded: {first_line(error)}") from None
 
     features = dataset.features
     columns = list(features) if features is not None else list(dataset.column_names or [])

@@ -28,6 +28,7 @@ import PIL.Image
 import torch
 import torch.nn as nn
 
+from .errors import first_line
 from .hardware import EMULATED_BFLOAT16, bfloat16_is_emulated
 from .losses import (
     CriticHeads,
@@ -1213,8 +1214,8 @@ def run_training(
         try:
             repo_id = create_repo(name, exist_ok=True, token=args.hub_token).repo_id
         except Exception as error:  # offline, a bad token, a name taken: the Hub's errors have no common base
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"--push_to_hub: cannot create the Hub repository {name!r}: {first}") from None
+            reason = first_line(error)
+            raise ValueError(f"--push_to_hub: cannot create the Hub repository {name!r}: {reason}") from None
 
     # ---- data and base: every bad input is reported here, before any training.
     dataset = load_image_dataset(
@@ -1586,10 +1587,10 @@ def run_training(
                     token=args.hub_token,
                 )
             except Exception as error:  # the trained model is saved; only the upload is left to redo
-                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 excludes = " ".join(f"--exclude '{pattern}'" for pattern in ignore)
                 upload_failure = (
-                    f"the model is saved in {args.output_dir}, but the upload to {repo_id} failed ({first}); "
+                    f"the model is saved in {args.output_dir}, but the upload to {repo_id} failed "
+                    f"({first_line(error)}); "
                     f"upload it with: hf upload {repo_id} {args.output_dir} {excludes}"
                 )
     accelerator.end_training()

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from .errors import first_line
 from .files import atomic_write
 from .metrics import FIDELITY_METRICS, LEARNED_METRICS, compute_metrics, grid_pattern_strength, learned_metric
 
@@ -638,7 +639,7 @@ def _predict(
             output_type="pil",
         )
     except ValueError as error:
-        raise EvaluationError(f"{pair.name}: {str(error).strip().splitlines()[0]}") from None
+        raise EvaluationError(f"{pair.name}: {first_line(error)}") from None
     out = to_rgb_uint8(result.images[0])
     seconds = time.perf_counter() - started
     if out.shape[:2] != size:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import first_line
 from .model_card import LORA_WEIGHT_NAME, card_from_files, validate_model_card, write_model_card
 
 __all__ = ["ExportError", "export_pipeline", "find_lora_file", "push_folder"]
@@ -53,7 +54,7 @@ def _load_pipeline(model: str | os.PathLike) -> Any:
     try:
         pipe = TEASRPipeline.from_pretrained(model)
     except ValueError as error:
-        raise ExportError(str(error).strip().splitlines()[0]) from None
+        raise ExportError(first_line(error)) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -62,8 +63,7 @@ def _load_lora(pipe: Any, lora_file: Path) -> None:
     try:
         pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name="export")
     except (ValueError, KeyError, OSError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"cannot load the LoRA {lora_file}: {first}") from None
+        raise ExportError(f"cannot load the LoRA {lora_file}: {first_line(error)}") from None
 
 
 def export_pipeline(

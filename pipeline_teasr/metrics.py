@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import first_line
+
 __all__ = [
     "FIDELITY_METRICS",
     "LEARNED_METRICS",
@@ -364,8 +366,7 @@ def learned_metric(
             with _offline():
                 metric = pyiqa.create_metric(key, device=device, as_loss=False)
         except Exception as exc:  # noqa: BLE001 - any failure here means "not available offline"
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return None, f"{key}: unavailable offline ({type(exc).__name__}: {msg[:160]})"
+            return None, f"{key}: unavailable offline ({type(exc).__name__}: {first_line(exc)[:160]})"
         _LEARNED_CACHE[(key, device)] = metric
 
     import torch
