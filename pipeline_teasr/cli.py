@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import first_line
@@ -209,17 +210,22 @@ def load_pipeline(model: str | None, device: str | None, dtype: str):
             ) from None
         raise CLIError(f"cannot load the model in {model or default_model_path()}: {first_line(error)}") from None
     pipe.set_progress_bar_config(disable=True)
-    if torch_dtype == torch.float16 and torch_device.type == "cpu":
-        # diffusers' own multi-line warning says such a pipeline will fail on the CPU; it runs (slowly), as ours says.
-        from diffusers.utils import logging as diffusers_logging
+    # diffusers' own multi-line warning says a float16 pipeline will fail on the CPU; it runs (slowly), as ours says.
+    quiet = torch_dtype == torch.float16 and torch_device.type == "cpu"
+    with _diffusers_errors_only() if quiet else contextlib.nullcontext():
+        return pipe.to(torch_device)
 
-        verbosity = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()
-        try:
-            return pipe.to(torch_device)
-        finally:
-            diffusers_logging.set_verbosity(verbosity)
-    return pipe.to(torch_device)
+
+@contextlib.contextmanager
+def _diffusers_errors_only() -> Iterator[None]:
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 def collect_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
