@@ -124,18 +124,27 @@ def resized_exif(exif: bytes | None, size: tuple[int, int]) -> bytes | None:
 def _pil_to_arrays(image: PIL.Image.Image) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Return (HxWx3 float RGB in [0, 1], HxW float alpha or None, mode to restore)."""
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        gray = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if mode.startswith("I;16") or gray.max() > 255 else 255.0
-        gray = np.clip(gray / scale, 0.0, 1.0)
-        return np.repeat(gray[..., None], 3, axis=2), None, "I;16" if scale > 255 else "L"
+    if mode in ("I;16", "I;16B", "I;16L"):
+        gray = np.asarray(image, dtype=np.float64) / 65535.0
+        return np.repeat(gray[..., None], 3, axis=2), None, "I;16"
+    if mode == "I":
+        # 32-bit integers with no fixed range: guessing 8- or 16-bit data from the values would brighten dark
+        # 16-bit images 257 times. Pillow opens 16-bit files as "I;16"; "I" comes from code.
+        raise ValueError(
+            "PIL mode 'I' images hold 32-bit integers with no fixed range: convert 16-bit data with "
+            "image.convert('I;16') or 8-bit data with image.convert('L') first"
+        )
     if mode == "F":
-        gray = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+        gray = check_float_range(torch.from_numpy(np.array(image, dtype=np.float32))).double().numpy()
         return np.repeat(gray[..., None], 3, axis=2), None, "F"
+    if mode == "La":  # premultiplied luminance, which Pillow cannot convert: divide the alpha out here
+        luminance, alpha = np.moveaxis(np.asarray(image, dtype=np.float64), -1, 0)
+        straight = np.where(alpha > 0, luminance * 255.0 / np.maximum(alpha, 1.0), 0.0).clip(0.0, 255.0)
+        return np.repeat(straight[..., None] / 255.0, 3, axis=2), alpha / 255.0, "LA"
     if mode == "P":
         has_alpha = "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
-    elif mode in ("LA", "PA", "RGBa", "La"):
+    elif mode in ("LA", "PA", "RGBa"):
         image = image.convert("RGBA")
     elif mode not in ("RGB", "RGBA"):
         image = image.convert("RGB")
@@ -161,7 +170,12 @@ def _array_to_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
             raise ValueError(f"`image` arrays must be HxW or HxWxC, got shape {image.shape}")
         tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
     else:
-        tensor = image.detach().float().cpu()
+        if image.dtype == torch.uint8:
+            tensor = image.detach().cpu().float() / 255.0
+        elif image.dtype.is_floating_point:
+            tensor = image.detach().float().cpu()
+        else:
+            raise ValueError(f"`image` tensors must be float (in [0, 1]) or uint8, got {image.dtype}")
         if tensor.ndim == 3:
             tensor = tensor[None]
         if tensor.ndim != 4 or tensor.shape[0] != 1:
@@ -170,6 +184,11 @@ def _array_to_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise ValueError(f"`image` must have 1, 3 or 4 channels, got {tensor.shape[1]}")
     if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
         raise ValueError("`image` has zero size")
+    return check_float_range(tensor)
+
+
+def check_float_range(tensor: torch.Tensor) -> torch.Tensor:
+    """Float pixel values clipped to [0, 1], after refusing NaNs and values far outside (0-255 or [-1, 1] data)."""
     if not torch.isfinite(tensor).all():
         raise ValueError("`image` contains NaN or infinite values")
     low, high = float(tensor.min()), float(tensor.max())
@@ -182,11 +201,23 @@ def _array_to_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor.clamp(0.0, 1.0)
 
 
+def _exif_orientation(image: PIL.Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright; also for missing or unparsable EXIF, which never fails an upscale)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _CORRUPT_EXIF_WARNING, UserWarning)
+            return int(image.getexif().get(PIL.ExifTags.Base.Orientation, 1))
+    except (ValueError, TypeError, KeyError, OSError, SyntaxError, struct.error):
+        return 1
+
+
 def decompose_image(image: ImageInput) -> DecomposedImage:
     """Split any supported input into RGB (what the model upscales), alpha and the mode to restore."""
     if isinstance(image, PIL.Image.Image):
         if image.width == 0 or image.height == 0:
             raise ValueError("`image` has zero size")
+        if _exif_orientation(image) != 1:
+            image = PIL.ImageOps.exif_transpose(image)  # upscale what a viewer shows: a phone photo stays upright
         rgb, alpha, mode = _pil_to_arrays(image)
         rgb_tensor = torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)[None]
         alpha_tensor = None if alpha is None else torch.from_numpy(alpha.astype(np.float32))[None, None]
@@ -221,7 +252,7 @@ def recompose_image(
 
 def _recompose_pixels(rgb: torch.Tensor, alpha: torch.Tensor | None, mode: str | None) -> PIL.Image.Image:
     array = rgb[0].permute(1, 2, 0).float().cpu().numpy()
-    if mode in ("I;16", "L", "F", "1", "I"):
+    if mode in ("I;16", "L", "F", "1"):
         gray = array @ np.array([0.299, 0.587, 0.114])
         if mode == "I;16":
             return PIL.Image.fromarray(np.round(gray * 65535.0).astype(np.uint16))

@@ -12,6 +12,7 @@ import importlib
 import inspect
 import json
 import math
+import numbers
 import os
 import shutil
 from collections.abc import Callable
@@ -67,6 +68,18 @@ class TEASRPipelineOutput(BaseOutput):
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | list
     nfe: int = 0
+
+
+def _plain_number(value: Any) -> Any:
+    """A numpy or Python integer as `int` and other reals as `float`; bools and anything else unchanged (the call's
+    checks refuse them)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def sampling_sigmas(num_inference_steps: int, start_timestep: float) -> list[float]:
@@ -259,17 +272,19 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             or num_inference_steps < 1
         ):
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
-        if not isinstance(upscale, (int, float)) or not math.isfinite(upscale) or upscale <= 0:
+        if not _is_number(upscale) or not math.isfinite(upscale) or upscale <= 0:
             raise ValueError(f"`upscale` must be a positive number, got {upscale!r}.")
-        if not isinstance(start_timestep, (int, float)) or not 0.0 < start_timestep <= 1.0:
+        if not _is_number(start_timestep) or not 0.0 < start_timestep <= 1.0:
             raise ValueError(f"`start_timestep` must lie in (0, 1], got {start_timestep!r}.")
         if start not in ("noise", "lq"):
             raise ValueError(f"`start` must be 'noise' or 'lq', got {start!r}.")
-        if tile_size is not None and (not isinstance(tile_size, int) or tile_size < 0):
+        if tile_size is not None and (not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < 0):
             raise ValueError(f"`tile_size` must be a non-negative integer (0 = no tiling), got {tile_size!r}.")
         if tile_size and tile_size < self.grid_multiple:
             raise ValueError(f"`tile_size` must be 0 or at least {self.grid_multiple} pixels, got {tile_size}.")
-        if tile_overlap is not None and (not isinstance(tile_overlap, int) or tile_overlap < 0):
+        if tile_overlap is not None and (
+            not isinstance(tile_overlap, int) or isinstance(tile_overlap, bool) or tile_overlap < 0
+        ):
             raise ValueError(f"`tile_overlap` must be a non-negative integer, got {tile_overlap!r}.")
         if tile_size and tile_overlap is not None and tile_overlap > max_tile_overlap(tile_size):
             raise ValueError(
@@ -290,7 +305,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                 )
         elif prompt is not None and not isinstance(prompt, str):
             raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
-        if max_output_pixels is not None and max_output_pixels < 1:
+        if max_output_pixels is not None and (not isinstance(max_output_pixels, int) or max_output_pixels < 1):
             raise ValueError(f"`max_output_pixels` must be positive, got {max_output_pixels}.")
         for name in callback_on_step_end_tensor_inputs or []:
             if name not in self._callback_tensor_inputs:
@@ -376,8 +391,9 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
 
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
-                Low-quality input(s) of any size. Arrays: HxW(xC) uint8/uint16/float in [0, 1]; tensors: (1,)CxHxW in
-                [0, 1]. PIL inputs keep their mode (RGBA alpha is upscaled separately, 16-bit stays 16-bit).
+                Low-quality input(s) of any size. Arrays: HxW(xC) uint8/uint16/float in [0, 1]; tensors: (1,)CxHxW
+                uint8 or float in [0, 1]. PIL inputs keep their mode (RGBA alpha is upscaled separately, 16-bit stays
+                16-bit) and are turned upright by their EXIF orientation; mode "I" (no fixed range) is refused.
             upscale (`float`, defaults to 4.0): output size = round(input size x upscale); any positive value.
             num_inference_steps (`int`, defaults to 1): number of flow-map steps (= transformer calls per tile).
             start_timestep (`float`, *optional*): start level `T` in (0, 1]; 1 starts from noise, lower values
@@ -414,6 +430,12 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             [`TEASRPipelineOutput`] or `tuple` `(images, nfe)`.
         """
         images = image if isinstance(image, list) else [image]
+        # numpy scalars (e.g. from a loop over np.arange) count as the Python numbers they hold.
+        upscale, num_inference_steps, start_timestep = map(
+            _plain_number, (upscale, num_inference_steps, start_timestep)
+        )
+        tile_size, tile_overlap, tile_batch_size = map(_plain_number, (tile_size, tile_overlap, tile_batch_size))
+        max_output_pixels = _plain_number(max_output_pixels)
         tile_size, tile_overlap = self.resolve_tiling(tile_size, tile_overlap, num_inference_steps)
         start, start_timestep = self.resolve_start(start, start_timestep)
         self.check_inputs(
@@ -433,10 +455,15 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         )
         if latents is not None and len(images) != 1:
             raise ValueError("`latents` can only be given with a single image.")
+        if latents is not None and start == "lq":
+            raise ValueError("`latents` is the starting noise, and start='lq' starts from the LQ image without noise.")
+        generators = generator if isinstance(generator, list) else [generator]
+        if not all(item is None or isinstance(item, torch.Generator) for item in generators):
+            raise ValueError(f"`generator` must be a torch.Generator or a list of them, got {generator!r}.")
         if isinstance(generator, list) and len(generator) != len(images):
             raise ValueError(f"Got {len(generator)} generators for {len(images)} images; pass one per image.")
-        if tile_batch_size < 1:
-            raise ValueError(f"`tile_batch_size` must be >= 1, got {tile_batch_size}.")
+        if not isinstance(tile_batch_size, int) or isinstance(tile_batch_size, bool) or tile_batch_size < 1:
+            raise ValueError(f"`tile_batch_size` must be an integer >= 1, got {tile_batch_size!r}.")
 
         decomposed = [decompose_image(item) for item in images]
         sizes = [self.output_size(*item.size, upscale, max_output_pixels) for item in decomposed]
@@ -480,9 +507,10 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             nfe += calls
 
         if output_type in ("np", "pt", "latent"):
-            same_size = len({tuple(o.shape) for o in outputs}) == 1
-            if same_size:
+            if len({tuple(o.shape) for o in outputs}) == 1:  # one batch array
                 outputs = torch.cat(outputs) if output_type != "np" else np.concatenate(outputs)
+            else:  # a list with one HxWxC array / CxHxW tensor per image
+                outputs = [o[0] for o in outputs]
         self.maybe_free_model_hooks()
         if not return_dict:
             return (outputs, nfe)
@@ -632,11 +660,20 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> TEASRPipeline:
         """Load a TEASR pipeline folder (local or Hub id) with the classes of the installed library.
 
-        Components may be passed as keyword arguments to replace the stored ones; `torch_dtype` applies to models.
-        Only safetensors weights are read.
+        Components may be passed as keyword arguments to replace the stored ones; `torch_dtype` (or `dtype`) applies
+        to models, as do `variant` and `low_cpu_mem_usage`. Only safetensors weights are read.
         """
-        torch_dtype = kwargs.pop("torch_dtype", None)
+        torch_dtype, dtype = kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None)
+        if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+            raise ValueError(f"`torch_dtype` ({torch_dtype}) and `dtype` ({dtype}) disagree; pass one of them.")
+        torch_dtype = torch_dtype or dtype
+        if kwargs.pop("use_safetensors", True) is False:
+            raise ValueError("TEASR folders hold safetensors weights only; `use_safetensors=False` is not supported.")
+        model_kwargs = {key: kwargs.pop(key) for key in ("variant", "low_cpu_mem_usage") if key in kwargs}
         path = os.fspath(pretrained_model_name_or_path)
+        looks_local = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
+        if looks_local and not os.path.isdir(path):
+            raise ValueError(f"model folder not found: {path}")
         if not os.path.isdir(path):
             path = cls.download(path, **{k: kwargs.pop(k) for k in list(kwargs) if k in _DOWNLOAD_KWARGS})
         index_file = os.path.join(path, "model_index.json")
@@ -657,7 +694,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
                     components[name] = None
                     continue
                 raise ValueError(f"{path}: model_index.json names no `{name}` component.")
-            components[name] = _load_component(path, name, spec[1], torch_dtype)
+            components[name] = _load_component(path, name, spec[1], torch_dtype, model_kwargs)
         settings = set(inspect.signature(cls.__init__).parameters) - set(component_names) - {"self"}
         if index.get("_class_name") == "QwenImagePipeline" and components.get("text_encoder") is not None:
             # Qwen-Image's transformer knows its prompts only through this template.
@@ -673,6 +710,15 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         pipe = cls(**components)
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
         return pipe
+
+    @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> TEASRPipeline:
+        """diffusers' `from_pipe`, carrying the transformer over too: diffusers keeps a model component only when its
+        class matches the `__init__` annotation, which this file cannot import (the transformer's code is a separate
+        file in exported folders)."""
+        if "transformer" not in kwargs and getattr(pipeline, "transformer", None) is not None:
+            kwargs["transformer"] = pipeline.transformer
+        return super().from_pipe(pipeline, **kwargs)
 
     @classmethod
     def lora_state_dict(cls, pretrained_model_name_or_path_or_dict, **kwargs):
@@ -692,7 +738,13 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
 _DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
 
 
-def _load_component(folder: str, name: str, class_name: str, torch_dtype: torch.dtype | None):
+def _load_component(
+    folder: str,
+    name: str,
+    class_name: str,
+    torch_dtype: torch.dtype | None,
+    model_kwargs: dict[str, Any] | None = None,
+):
     subfolder = os.path.join(folder, name)
     if not os.path.isdir(subfolder):
         raise ValueError(f"{folder}: the `{name}` component folder is missing.")
@@ -702,7 +754,7 @@ def _load_component(folder: str, name: str, class_name: str, torch_dtype: torch.
             # look for that file next to this one in exported folders, where it lives in transformer/.
             transformer_module = importlib.import_module(f"{__package__}.transformer_teasr")
             return transformer_module.TEASRTransformer2DModel.from_pretrained(
-                subfolder, torch_dtype=torch_dtype, use_safetensors=True
+                subfolder, torch_dtype=torch_dtype, use_safetensors=True, **(model_kwargs or {})
             )
         if name == "scheduler":
             return FlowMapEulerDiscreteScheduler.from_pretrained(subfolder)
@@ -710,14 +762,16 @@ def _load_component(folder: str, name: str, class_name: str, torch_dtype: torch.
             import diffusers
 
             return getattr(diffusers, class_name).from_pretrained(
-                subfolder, torch_dtype=torch_dtype, use_safetensors=True
+                subfolder, torch_dtype=torch_dtype, use_safetensors=True, **(model_kwargs or {})
             )
         import transformers
 
         component_class = getattr(transformers, class_name)
         if name == "tokenizer":
             return component_class.from_pretrained(subfolder)
-        return component_class.from_pretrained(subfolder, torch_dtype=torch_dtype, use_safetensors=True)
+        return component_class.from_pretrained(
+            subfolder, torch_dtype=torch_dtype, use_safetensors=True, **(model_kwargs or {})
+        )
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"cannot load the `{name}` component from {subfolder}: {first_line}") from error

@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import pytest
 import torch
 
@@ -240,6 +241,12 @@ def test_callback_sees_each_step(tiny_pipeline):
         (dict(tile_size=1), "tile_size"),
         (dict(tile_size=16, tile_overlap=9), r"at most half the tile \(8 px for 16-px tiles\), got 9"),
         (dict(start="image"), "start"),
+        (dict(upscale=True), "upscale"),
+        (dict(tile_batch_size=1.5), "tile_batch_size"),
+        (dict(tile_batch_size=None), "tile_batch_size"),
+        (dict(generator=0), "generator"),
+        (dict(generator=(torch.Generator(),)), "generator"),
+        (dict(start="lq", latents=torch.randn(1, 3, 32, 32)), r"start='lq' starts from the LQ image"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(tiny_pipeline, kwargs, match):
@@ -267,6 +274,106 @@ def test_float_images_outside_0_1_are_refused_and_a_slight_overshoot_is_clipped(
     clipped = np.clip(overshoot, 0, 1)
     results = [tiny_pipeline(image, start="lq", output_type="np").images[0] for image in (overshoot, clipped)]
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_numpy_scalars_count_as_the_numbers_they_hold(tiny_pipeline):
+    image = random_photo(8, 8)
+    plain = _run(tiny_pipeline, image, num_inference_steps=2, upscale=2.0, tile_size=16, output_type="np").images
+    numpy = _run(
+        tiny_pipeline, image, num_inference_steps=np.int64(2), upscale=np.float32(2.0), tile_size=np.int64(16),
+        tile_batch_size=np.int32(2), output_type="np",
+    ).images  # fmt: skip
+    np.testing.assert_array_equal(plain, numpy)
+
+
+def test_pil_modes_without_a_fixed_range_are_refused_or_range_checked(tiny_pipeline):
+    """Mode "I" holds 32-bit integers of no fixed range (8- or 16-bit data?), "F" floats: a guess would give a
+    silently wrong image, so "I" is refused with the conversion to use and "F" must lie in [0, 1] like float arrays."""
+    gray = random_photo(8, 8, mode="L")
+    with pytest.raises(ValueError, match=r"convert 16-bit data with image.convert\('I;16'\)"):
+        tiny_pipeline(gray.convert("I"))
+    with pytest.raises(ValueError, match=r"values must lie in \[0, 1\]"):
+        tiny_pipeline(gray.convert("F"))
+    scaled = PIL.Image.fromarray(np.asarray(gray, dtype=np.float32) / 255.0)
+    out = _run(tiny_pipeline, scaled, start="lq").images[0]
+    reference = _run(tiny_pipeline, gray, start="lq").images[0]
+    assert out.mode == "F"
+    assert np.abs(np.asarray(out) * 255.0 - np.asarray(reference, dtype=np.float32)).max() <= 1.0
+
+
+def test_premultiplied_la_is_upscaled_like_la(tiny_pipeline):
+    image = random_photo(8, 8, mode="LA")
+    premultiplied = _run(tiny_pipeline, image.convert("La"), start="lq").images[0]
+    straight = _run(tiny_pipeline, image, start="lq").images[0]
+    assert premultiplied.mode == "LA" and premultiplied.size == straight.size
+    visible = np.asarray(straight)[..., 1] > 64  # where alpha is small, premultiplying lost the luminance's bits
+    difference = np.abs(np.asarray(premultiplied, dtype=int) - np.asarray(straight, dtype=int))
+    assert difference[..., 1].max() <= 1 and difference[..., 0][visible].max() <= 8
+
+
+def test_uint8_tensors_are_read_as_0_255(tiny_pipeline):
+    image = random_photo(8, 8)
+    as_uint8 = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    np.testing.assert_allclose(
+        _run(tiny_pipeline, as_uint8, output_type="np").images,
+        _run(tiny_pipeline, image, output_type="np").images,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="float .* or uint8, got torch.int64"):
+        tiny_pipeline(as_uint8.long())
+
+
+def test_exif_orientation_is_applied_to_pil_inputs(tiny_pipeline):
+    """A phone photo stored sideways with an Orientation tag is upscaled as a viewer shows it (as the CLI does)."""
+    stored = random_photo(6, 10)  # 10 wide, 6 high as stored
+    exif = stored.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    tagged = PIL.Image.open(_saved(stored, exif))
+    upright = PIL.ImageOps.exif_transpose(tagged)
+    out = _run(tiny_pipeline, tagged, start="lq").images[0]
+    assert out.size == (24, 40)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(_run(tiny_pipeline, upright, start="lq").images[0]))
+
+
+def _saved(image, exif):
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", exif=exif)
+    buffer.seek(0)
+    return buffer
+
+
+def test_outputs_of_different_sizes_come_back_one_array_per_image(tiny_pipeline):
+    images = [random_photo(8, 8), random_photo(6, 10)]
+    as_np = _run(tiny_pipeline, images, output_type="np").images
+    as_pt = _run(tiny_pipeline, images, output_type="pt").images
+    assert [a.shape for a in as_np] == [(32, 32, 3), (24, 40, 3)]
+    assert [tuple(t.shape) for t in as_pt] == [(3, 32, 32), (3, 24, 40)]
+
+
+def test_from_pipe_carries_the_transformer_and_settings(tiny_pipeline):
+    tiny_pipeline.register_to_config(default_start="lq")
+    try:
+        copy = TEASRPipeline.from_pipe(tiny_pipeline)
+    finally:
+        tiny_pipeline.register_to_config(default_start=None)
+    assert copy.transformer is tiny_pipeline.transformer and copy.config.default_start == "lq"
+
+
+def test_from_pretrained_takes_diffusers_loading_arguments(tiny_pipeline_dir, tmp_path):
+    loaded = TEASRPipeline.from_pretrained(tiny_pipeline_dir, dtype=torch.bfloat16, low_cpu_mem_usage=True)
+    assert loaded.transformer.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="disagree"):
+        TEASRPipeline.from_pretrained(tiny_pipeline_dir, dtype=torch.bfloat16, torch_dtype=torch.float16)
+    with pytest.raises(ValueError, match="safetensors weights only"):
+        TEASRPipeline.from_pretrained(tiny_pipeline_dir, use_safetensors=False)
+    loaded.save_pretrained(tmp_path / "variant", variant="bf16")
+    from_variant = TEASRPipeline.from_pretrained(tmp_path / "variant", variant="bf16").transformer
+    for name, weight in loaded.transformer.state_dict().items():
+        torch.testing.assert_close(from_variant.state_dict()[name].to(torch.bfloat16), weight, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=f"model folder not found: {tmp_path / 'missing'}"):
+        TEASRPipeline.from_pretrained(tmp_path / "missing")
 
 
 def test_save_and_load_with_teasr_pipeline(tiny_pipeline, tiny_pipeline_dir):
