@@ -40,16 +40,25 @@ PIPELINE_CODE_FILES = ("pipeline_teasr.py", "image_processing_teasr.py", "tiling
 TRANSFORMER_CODE_FILE = "transformer_teasr.py"
 
 
-def _lora_hint(path: str) -> str:
-    """For a folder holding only a trained LoRA: how to use it (it needs its base pipeline)."""
-    if not os.path.isfile(os.path.join(path, "pytorch_lora_weights.safetensors")):
-        return ""
-    base = "BASE"
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what `save_lora_weights` writes
+
+
+def lora_training_base(path: str | os.PathLike) -> str | None:
+    """The base pipeline a LoRA training output folder was trained on (`pretrained_model_name_or_path` in its
+    `training_args.json`), or None when it records none."""
     try:
         with open(os.path.join(path, "training_args.json"), encoding="utf-8") as handle:
-            base = json.load(handle).get("pretrained_model_name_or_path") or base
-    except (OSError, ValueError):
-        pass
+            base = json.load(handle).get("pretrained_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return base if isinstance(base, str) and base not in ("", "None") else None
+
+
+def _lora_hint(path: str) -> str:
+    """For a folder holding only a trained LoRA: how to use it (it needs its base pipeline)."""
+    if not os.path.isfile(os.path.join(path, LORA_WEIGHT_NAME)):
+        return ""
+    base = lora_training_base(path) or "BASE"
     return (
         f" It holds a LoRA trained on {base}: load that pipeline and call `pipe.load_lora_weights({path!r})`, or "
         f"merge them into one folder with `teasr export OUT --model {base} --lora {path} --fuse`."

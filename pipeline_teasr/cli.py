@@ -193,7 +193,7 @@ def load_pipeline(model: str | None, device: str | None, dtype: str):
     import torch
 
     from .hub import default_model_path
-    from .pipeline_teasr import TEASRPipeline
+    from .pipeline_teasr import LORA_WEIGHT_NAME, TEASRPipeline
 
     if model is not None and not Path(model).exists() and _looks_like_local_path(model):
         raise CLIError(f"model folder not found: {model}")
@@ -210,6 +210,11 @@ def load_pipeline(model: str | None, device: str | None, dtype: str):
             ) from None
         raise CLIError(f"cannot load the model in {model or default_model_path()}: {first_line(error)}") from None
     pipe.set_progress_bar_config(disable=True)
+    if model is not None and (Path(model) / LORA_WEIGHT_NAME).is_file():  # an export with its LoRA shipped unfused
+        try:
+            pipe.load_lora_weights(model, weight_name=LORA_WEIGHT_NAME)
+        except (ValueError, KeyError, OSError, RuntimeError) as error:
+            raise CLIError(f"cannot load the LoRA shipped in {model}: {first_line(error)}") from None
     # diffusers' own multi-line warning says a float16 pipeline will fail on the CPU; it runs (slowly), as ours says.
     quiet = torch_dtype == torch.float16 and torch_device.type == "cpu"
     with _diffusers_errors_only() if quiet else contextlib.nullcontext():
@@ -433,11 +438,12 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from .export import ExportError, export_pipeline, push_folder
     from .hub import default_model_path
+    from .pipeline_teasr import lora_training_base
 
     if args.model is not None and not Path(args.model).exists() and _looks_like_local_path(args.model):
         raise CLIError(f"model folder not found: {args.model}")
     try:
-        model = args.model or default_model_path()
+        model = args.model or (lora_training_base(Path(args.lora)) if args.lora else None) or default_model_path()
         folder = export_pipeline(
             args.output,
             model,

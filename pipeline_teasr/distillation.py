@@ -997,6 +997,25 @@ TRACKER_PACKAGES = {
 }
 
 
+def check_output_dir(args: argparse.Namespace) -> None:
+    """--output_dir must be a folder that can be created, and one holding checkpoints is only resumed: a new run
+    there would number its checkpoints from 1, and --checkpoints_total_limit would delete those as the oldest."""
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ValueError(f"--output_dir {args.output_dir!r} is a file; pass a folder (new or to resume in).")
+    output_dir = existing = os.path.abspath(args.output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"--output_dir {args.output_dir!r} cannot be created: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {args.output_dir!r} cannot be written: no write permission in {existing}.")
+    if args.resume_from_checkpoint is None and os.path.isdir(output_dir) and list_checkpoints(output_dir):
+        raise ValueError(
+            f"--output_dir {args.output_dir!r} holds checkpoints of an earlier run: pass --resume_from_checkpoint "
+            "latest to continue it, or another --output_dir."
+        )
+
+
 def check_common_args(args: argparse.Namespace) -> None:
     """Flag combinations that cannot work, reported before anything is loaded."""
     if (args.train_data_dir is None) == (args.dataset_name is None):
@@ -1010,14 +1029,23 @@ def check_common_args(args: argparse.Namespace) -> None:
     if args.resume_from_checkpoint:
         check_resumable(args)
     for path in args.validation_image or []:
+        if os.path.isdir(path):
+            raise ValueError(f"--validation_image {path!r} is a folder; pass image files.")
         if not os.path.isfile(path):
             raise ValueError(f"--validation_image {path!r} does not exist.")
         try:
             PIL.Image.open(path).close()  # reads the header only
         except (OSError, PIL.Image.DecompressionBombError) as error:
             raise ValueError(f"--validation_image {path!r} is not a readable image ({error}).") from None
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise ValueError(f"--output_dir {args.output_dir!r} is a file; pass a folder (new or to resume in).")
+    check_output_dir(args)
+    if any(steps < 1 for steps in args.validation_num_inference_steps):
+        raise ValueError(f"--validation_num_inference_steps must be >= 1, got {args.validation_num_inference_steps}.")
+    for flag in ("validation_start_timestep", "default_start_timestep"):
+        value = getattr(args, flag)
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError(f"--{flag} must lie in (0, 1], got {value}.")
+    if args.default_tile_size is not None and args.default_tile_size < 0:
+        raise ValueError(f"--default_tile_size must be >= 0 (0: no tiling), got {args.default_tile_size}.")
     for flag in (
         "train_batch_size",
         "num_train_epochs",
@@ -1489,11 +1517,18 @@ def run_training(
                     backward_if_finite(losses["loss"])
                     micro_step += 1
                     if accelerator.sync_gradients:
+                        loss_scale_overflow = False
                         if not window_bad:
                             max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
                             grad_norm = accelerator.clip_grad_norm_(params, max_norm)
-                            window_bad = grad_norm is not None and not math.isfinite(float(grad_norm))
-                        if not window_bad:
+                            overflow = grad_norm is not None and not math.isfinite(float(grad_norm))
+                            # fp16 loss scaling (a GPU): an overflow is the scaler's to handle. optimizer.step() skips
+                            # the update and lowers the scale, and must be called, or the next step's unscale fails.
+                            loss_scale_overflow = overflow and accelerator.scaler is not None
+                            window_bad = overflow and not loss_scale_overflow
+                        if loss_scale_overflow:
+                            optimizer.step()
+                        elif not window_bad:
                             optimizer.step()
                             if ema is not None:
                                 ema.step(transformer_params)
@@ -1531,7 +1566,8 @@ def run_training(
                         state_flags=checkpoint_state_flags(args),
                     )
                     log.info(f"Saved checkpoint {saved}")
-                if args.validation_steps and global_step % args.validation_steps == 0:
+                # The last step is validated once, after the final (EMA) weights are in place.
+                if global_step % args.validation_steps == 0 and global_step < max_train_steps:
                     run_validation(global_step)
                 if global_step >= max_train_steps:
                     break

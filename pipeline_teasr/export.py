@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import first_line
-from .model_card import LORA_WEIGHT_NAME, card_from_files, validate_model_card, write_model_card
+from .model_card import card_from_files, validate_model_card, write_model_card
+from .pipeline_teasr import LORA_WEIGHT_NAME
 
 __all__ = ["ExportError", "export_pipeline", "find_lora_file", "push_folder"]
 
@@ -59,7 +60,36 @@ def _load_pipeline(model: str | os.PathLike) -> Any:
     return pipe
 
 
-def _load_lora(pipe: Any, lora_file: Path) -> None:
+def check_lora_fits(transformer: Any, lora_file: Path, model: str | os.PathLike) -> None:
+    """Refuse a LoRA that adapts layers `transformer` lacks or has in other sizes: peft would skip the missing ones
+    with a warning (a silently partial LoRA) and fail on the others with a page of size mismatches."""
+    from safetensors import safe_open
+
+    from .pipeline_teasr import lora_training_base
+
+    base = lora_training_base(lora_file.parent)
+    hint = f" It was trained on {base} (its training_args.json): pass --model {base}." if base else ""
+    modules = dict(transformer.named_modules())
+    with safe_open(str(lora_file), "pt") as weights:
+        for key in weights.keys():
+            name, separator, kind = key.removeprefix("transformer.").partition(".lora_")
+            if not separator or kind[:1] not in ("A", "B"):
+                continue
+            weight = getattr(modules.get(name), "weight", None)
+            if weight is None:
+                raise ExportError(f"the LoRA {lora_file} does not fit {model}: that model has no layer {name}.{hint}")
+            shape = weights.get_slice(key).get_shape()
+            # lora_A reads the layer's input features, lora_B writes its output features (Linear and Conv2d alike).
+            found, expected = (shape[1], weight.shape[1]) if kind[0] == "A" else (shape[0], weight.shape[0])
+            if found != expected:
+                raise ExportError(
+                    f"the LoRA {lora_file} does not fit {model}: it adapts {name} for {found} features, that model's "
+                    f"layer has {expected}.{hint}"
+                )
+
+
+def _load_lora(pipe: Any, lora_file: Path, model: str | os.PathLike) -> None:
+    check_lora_fits(pipe.transformer, lora_file, model)
     try:
         pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name="export")
     except (ValueError, KeyError, OSError, RuntimeError) as error:
@@ -134,7 +164,7 @@ def export_pipeline(
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.export-"))
     try:
         if lora_file is not None:
-            _load_lora(pipe, lora_file)  # also validates an unfused LoRA before it is shipped
+            _load_lora(pipe, lora_file, model)  # also validates an unfused LoRA before it is shipped
             if fuse:
                 pipe.fuse_lora(lora_scale=lora_scale, adapter_names=["export"])
                 pipe.unload_lora_weights()

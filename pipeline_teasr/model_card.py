@@ -35,7 +35,6 @@ LIBRARY_NAME = "diffusers"
 PIPELINE_TAG = "image-to-image"
 TAGS: tuple[str, ...] = ("super-resolution", "diffusion", "any-step", "teasr", "image-to-image")
 MODEL_INDEX_METRICS: tuple[str, ...] = ("psnr", "ssim")
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 PAPER_TITLE = "Training-Efficient Any-Step Diffusion Transformer for Real-World Image Super-Resolution"
 PAPER_URL = "https://arxiv.org/abs/2606.16188"
@@ -261,7 +260,7 @@ def build_model_card(
     elif lora_weight_name:
         weights = (
             f"\n\nThe folder holds the base pipeline plus an unfused LoRA, `{lora_weight_name}`; load it with "
-            "`pipe.load_lora_weights(...)` as shown below."
+            "`pipe.load_lora_weights(...)` as shown below (`teasr upscale --model` on this folder loads it itself)."
         )
     body = "\n".join(
         [

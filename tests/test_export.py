@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -198,3 +199,42 @@ def test_export_loads_without_the_package_and_fused_equals_unfused(exports, tiny
     outputs = np.load(tmp_path / "out.npz")
     np.testing.assert_allclose(outputs["fused"], expected, atol=1e-5)
     np.testing.assert_allclose(outputs["unfused"], expected, atol=1e-5)
+
+
+def test_the_cli_upscales_an_unfused_export_with_its_shipped_lora(exports, tmp_path):
+    """The card of an unfused export says `teasr upscale --model FOLDER`: the LoRA shipped there must be applied."""
+    random_photo(8, 10, seed=4).save(tmp_path / "in.png")
+    outputs = {}
+    for kind in ("fused", "unfused"):
+        out = tmp_path / f"{kind}.png"
+        assert main(["upscale", str(tmp_path / "in.png"), "-o", str(out), "--model", str(exports[kind])]) == 0
+        outputs[kind] = np.asarray(PIL.Image.open(out), dtype=int)
+    assert np.abs(outputs["fused"] - outputs["unfused"]).max() <= 1
+
+
+def test_a_lora_that_does_not_fit_the_base_is_one_clear_error(lora_dir, tmp_path, capsys):
+    """peft skips layers the base lacks with a warning (a silently partial LoRA) and reports other sizes as a page
+    of mismatches: both are refused before anything is written, naming the base the LoRA was trained on."""
+    deeper = tmp_path / "deeper"
+    make_tiny_pipeline(num_layers=3).save_pretrained(deeper)
+    deeper_lora = tmp_path / "deeper_lora"
+    pipe = TEASRPipeline.from_pretrained(deeper)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q"]))
+    TEASRPipeline.save_lora_weights(deeper_lora, transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+    (deeper_lora / "training_args.json").write_text(json.dumps({"pretrained_model_name_or_path": str(deeper)}))
+    wider = tmp_path / "wider"
+    make_tiny_pipeline(num_attention_heads=1).save_pretrained(wider)
+
+    shallow = tmp_path / "shallow"
+    make_tiny_pipeline().save_pretrained(shallow)
+    code = main(["export", str(tmp_path / "out"), "--model", str(shallow), "--lora", str(deeper_lora), "--fuse"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "does not fit" in err[0] and "has no layer transformer_blocks.2.attn.to_q" in err[0]
+    assert f"pass --model {deeper}" in err[0]
+    assert main(["export", str(tmp_path / "out"), "--model", str(wider), "--lora", str(lora_dir), "--fuse"]) == 2
+    assert "for 32 features, that model's layer has 16" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # Without --model, the base the LoRA records is used.
+    assert main(["export", str(tmp_path / "out"), "--lora", str(deeper_lora), "--fuse"]) == 0
+    assert f"exported {deeper} + LoRA" in capsys.readouterr().out

@@ -538,6 +538,12 @@ def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_pa
         (["--scale", "0"], "--resolution and --scale must be >= 1, got 16 and 0"),  # ZeroDivisionError
         (["--resolution", "0"], "--resolution and --scale must be >= 1, got 0 and 4"),  # failed at the first batch
         (["--validation_image", __file__], "is not a readable image"),  # a traceback after training
+        (["--validation_image", os.path.dirname(__file__)], "is a folder; pass image files"),
+        (["--validation_num_inference_steps", "1", "0"], "--validation_num_inference_steps must be >= 1, got [1, 0]"),
+        (["--validation_start_timestep", "2"], "--validation_start_timestep must lie in (0, 1], got 2.0"),
+        (["--default_start_timestep", "0"], "--default_start_timestep must lie in (0, 1], got 0.0"),  # saved
+        (["--default_tile_size=-5"], "--default_tile_size must be >= 0 (0: no tiling), got -5"),  # saved, unusable
+        (["--output_dir", "/dev/null/run"], "cannot be created: /dev/null is a file, not a folder"),
     ],
 )
 def test_out_of_range_numbers_are_one_clear_error_before_loading(photo_folder, tmp_path, flags, message):
@@ -576,6 +582,70 @@ def test_a_tracker_that_is_not_installed_is_one_clear_error_instead_of_a_run_wit
             "train_teasr_lora", [*args, "--pretrained_model_name_or_path", "unused", "--report_to", "wandb"]
         )
     assert not (tmp_path / "run").exists()
+
+
+def test_a_new_run_in_an_output_dir_with_checkpoints_is_refused(photo_folder, tmp_path):
+    """A second run there would number its checkpoints from 1, and --checkpoints_total_limit would delete those as
+    the oldest, keeping the first run's; `latest` would then resume the wrong run."""
+    earlier = tmp_path / "run" / "checkpoint-5"
+    earlier.mkdir(parents=True)
+    (earlier / CHECKPOINT_MARKER).write_text("{}")
+    args = common_args(photo_folder, tmp_path / "run", str(tmp_path / "cache"), steps=2)
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run: pass --resume_from_checkpoint latest"):
+        run_in_process("train_teasr_lora", [*args, "--pretrained_model_name_or_path", str(tmp_path / "none")])
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint-5"]
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ('{"patch_size": 2, "bogus": 1}', "--model_config: bogus is not a TEASRTransformer2DModel setting"),
+        ("my_config.json", "--model_config 'my_config.json': no such file, and not a JSON object either"),
+        ("[1, 2]", "--model_config must be a JSON object of TEASRTransformer2DModel settings"),
+    ],
+)
+def test_a_wrong_model_config_is_one_clear_error(photo_folder, tmp_path, config, message):
+    args = common_args(photo_folder, tmp_path / "run", str(tmp_path / "cache"), steps=2)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_in_process("train_flow_sr", [*args, "--full_finetune", "--model_config", config])
+
+
+def test_fp16_loss_scale_overflows_skip_their_steps_and_training_goes_on(photo_folder, tmp_path, monkeypatch):
+    """On a GPU, --mixed_precision fp16 scales the loss with a GradScaler whose first scales overflow. Each overflow
+    must go through optimizer.step() (the scaler skips the update and lowers its scale); skipping that call left the
+    scaler unscaled-but-not-updated, and the next step failed. No GPU here: the GradScaler accelerate would attach on
+    one is attached on the CPU."""
+    import accelerate
+
+    scalers = []
+    original_init = accelerate.Accelerator.__init__
+
+    def init_with_gpu_like_scaler(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        if self.state.mixed_precision == "fp16":
+            self.native_amp = True
+            self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**126)
+            scalers.append(self.scaler)
+
+    monkeypatch.setattr(accelerate.Accelerator, "__init__", init_with_gpu_like_scaler)
+    out = tmp_path / "fp16"
+    args = common_args(photo_folder, out, str(tmp_path / "cache"), steps=4)
+    config = ["--full_finetune", "--model_config", json.dumps(TINY_PIXEL_CONFIG), "--report_to", "none"]
+    run_in_process("train_flow_sr", [*args, *config, "--mixed_precision", "fp16", "--max_bad_steps", "2"])
+    assert scalers and scalers[0].get_scale() < 2.0**126  # it overflowed, lowered its scale, and the run went on
+    assert (out / "model_index.json").is_file()
+
+
+def test_the_last_step_is_validated_once_with_the_final_weights(photo_folder, validation_image, tmp_path, caplog):
+    """With --max_train_steps a multiple of --validation_steps, the loop's own validation of the last step was
+    repeated after saving (with EMA: two different images under one name)."""
+    args = common_args(photo_folder, tmp_path / "run", str(tmp_path / "cache"), steps=2)
+    config = ["--full_finetune", "--model_config", json.dumps(TINY_PIXEL_CONFIG), "--report_to", "none"]
+    validation = ["--validation_image", validation_image, "--validation_steps", "1"]
+    with caplog.at_level("INFO"):
+        run_in_process("train_flow_sr", [*args, *config, *validation, "--validation_num_inference_steps", "1"])
+    validated = [line for line in caplog.text.splitlines() if "Validation images:" in line]
+    assert len(validated) == 2 and "step-000001" in validated[0] and "step-000002" in validated[1]
 
 
 def test_an_output_dir_that_is_a_file_is_refused(photo_folder, tiny_pipeline_dir, tmp_path):

@@ -14,6 +14,7 @@ With `--full_finetune` the pipeline is saved at the root of `--output_dir`, read
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -69,6 +70,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         parser.error("Training from scratch (no --pretrained_model_name_or_path) needs --full_finetune.")
     if args.pretrained_model_name_or_path is not None and args.model_config is not None:
         parser.error("--model_config is for training from scratch; it cannot be combined with a pretrained base.")
+    model_config(args.model_config)  # a wrong file or key is one error now, not a traceback after set-up
     return args
 
 
@@ -76,12 +78,24 @@ def model_config(value: str | None) -> dict:
     """--model_config as a dict: a JSON file, an inline JSON object, or the default small pixel-space model."""
     if value is None:
         return dict(SMALL_PIXEL_CONFIG)
-    text = open(value, encoding="utf-8").read() if os.path.isfile(value) else value
+    if os.path.isfile(value):
+        text = open(value, encoding="utf-8").read()
+    elif value.lstrip().startswith(("{", "[")):
+        text = value
+    else:
+        raise ValueError(f"--model_config {value!r}: no such file, and not a JSON object either.")
     try:
         config = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"--model_config must be a JSON file or a JSON object: {error}") from error
-    return {k: v for k, v in config.items() if not k.startswith("_")}
+    if not isinstance(config, dict):
+        raise ValueError(f"--model_config must be a JSON object of TEASRTransformer2DModel settings, got {text!r}.")
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    known = set(inspect.signature(TEASRTransformer2DModel.__init__).parameters) - {"self"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"--model_config: {', '.join(unknown)} is not a TEASRTransformer2DModel setting.")
+    return config
 
 
 def load_base(args: argparse.Namespace, torch_dtype: torch.dtype = torch.float32) -> TEASRPipeline:
