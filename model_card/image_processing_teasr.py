@@ -95,6 +95,12 @@ def with_icc_profile(image: PIL.Image.Image, profile: bytes | None) -> PIL.Image
     return image
 
 
+def to_8bit_gray(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A 16-bit grayscale image as 8-bit "L", values scaled (Pillow's own conversion clips them at 255)."""
+    eight_bit = PIL.Image.fromarray(np.round(np.asarray(image, dtype=np.float64) / 257.0).astype(np.uint8))
+    return with_icc_profile(eight_bit, image.info.get("icc_profile"))
+
+
 def convert_mode(image: PIL.Image.Image, mode: str) -> PIL.Image.Image:
     """`image.convert(mode)`, keeping the ICC profile only where it still describes the converted pixels."""
     return with_icc_profile(image.convert(mode), image.info.get("icc_profile"))

@@ -16,6 +16,7 @@ from .errors import first_line
 from .files import atomic_write
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")  # the output formats that hold 16-bit grayscale
 EXIT_BAD_INPUT = 2
 EXIT_SOME_FAILED = 1
 CPU_FLOAT16 = "float16 on the CPU gives the same image at several times float32's time (5.5x on the README example)"
@@ -63,8 +64,29 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=float, default=4.0, help="output size / input size (any positive number)")
     add_sampling_arguments(parser)
     parser.add_argument("--color-fix", default=None, choices=["adain", "wavelet"], help="colour correction")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-output-pixels", type=int, default=None, help="refuse larger outputs")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed of the noise (a noise start), default 0")
+    parser.add_argument(
+        "--max-output-pixels", type=positive_int, default=None, help="refuse larger outputs (default: 64 MP)"
+    )
+    parser.add_argument(
+        "--quality", type=int, default=95, choices=range(1, 101), metavar="1-100",
+        help="JPEG / WebP quality of the outputs (default 95)",
+    )  # fmt: skip
+
+
+def seed_value(text: str) -> int:
+    """A seed torch accepts: 0 to 2**64 - 1 (larger ones failed with "Overflow when unpacking long long")."""
+    value = int(text)
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**64 - 1, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +122,7 @@ def add_eval_parser(commands) -> None:
     parser.add_argument("--lr", default=None, help="folder of LR images, matched to --gt by file stem")
     parser.add_argument("--pred", default=None, help="folder of existing predictions to score")
     parser.add_argument("--degradation", default=None, choices=DEGRADATIONS, help="synthesise LR from --gt")
-    parser.add_argument("--seed", type=int, default=0, help="degradation and sampling seed")
+    parser.add_argument("--seed", type=seed_value, default=0, help="degradation and sampling seed")
     parser.add_argument("--scale", type=int, default=None, help="SR factor and border crop (inferred if paired)")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="step counts to run the model at")
     parser.add_argument("--no-model", action="store_true", help="do not run a model (baselines / --pred only)")
@@ -168,6 +190,13 @@ def resolve_device_and_dtype(device: str | None, dtype: str):
         raise CLIError(f"--device {device!r} is not a valid device: {error}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda was requested but no CUDA GPU is available")
+    if resolved.type == "meta":
+        raise CLIError("--device meta holds no data; pick cpu, cuda or mps")
+    if resolved.type not in ("cpu", "cuda"):  # e.g. mps on a build or machine without it
+        try:
+            torch.empty(1, device=resolved)
+        except (RuntimeError, AssertionError):
+            raise CLIError(f"--device {device} is not available on this machine or torch build") from None
     if dtype == "auto":  # bfloat16 on GPUs that compute it natively (Ampere and newer), else float32
         torch_dtype = torch.bfloat16 if resolved.type == "cuda" and not bfloat16_is_emulated("cuda") else torch.float32
     else:
@@ -195,22 +224,25 @@ def load_pipeline(model: str | None, device: str | None, dtype: str):
     from .hub import default_model_path
     from .pipeline_teasr import LORA_WEIGHT_NAME, TEASRPipeline
 
-    if model is not None and not Path(model).exists() and _looks_like_local_path(model):
-        raise CLIError(f"model folder not found: {model}")
+    try:
+        model = model or default_model_path()  # $TEASR_MODEL is checked like --model
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    check_model_path(model)
     torch_device, torch_dtype = resolve_device_and_dtype(device, dtype)
     try:
-        pipe = TEASRPipeline.from_pretrained(model or default_model_path(), torch_dtype=torch_dtype)
+        pipe = TEASRPipeline.from_pretrained(model, torch_dtype=torch_dtype)
     except ValueError as error:
         raise CLIError(str(error)) from None
     except OSError as error:
-        if model is not None and not Path(model).exists():
+        if not Path(model).exists():
             raise CLIError(
                 f"model {model!r} is not a local folder and could not be loaded from the Hugging Face Hub or its "
                 "cache (offline, or no such repo): pass a folder with model_index.json or a repo id you can reach"
             ) from None
-        raise CLIError(f"cannot load the model in {model or default_model_path()}: {first_line(error)}") from None
+        raise CLIError(f"cannot load the model in {model}: {first_line(error)}") from None
     pipe.set_progress_bar_config(disable=True)
-    if model is not None and (Path(model) / LORA_WEIGHT_NAME).is_file():  # an export with its LoRA shipped unfused
+    if (Path(model) / LORA_WEIGHT_NAME).is_file():  # an export with its LoRA shipped unfused
         try:
             pipe.load_lora_weights(model, weight_name=LORA_WEIGHT_NAME)
         except (ValueError, KeyError, OSError, RuntimeError) as error:
@@ -231,6 +263,15 @@ def _diffusers_errors_only() -> Iterator[None]:
         yield
     finally:
         diffusers_logging.set_verbosity(verbosity)
+
+
+def check_model_path(model: str) -> None:
+    """A local --model (or $TEASR_MODEL) that is missing or a file, reported as such rather than as a bad Hub id."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        raise CLIError(f"--model {model} is a file; pass a pipeline folder (with model_index.json) or a Hub repo id")
+    if not path.exists() and _looks_like_local_path(model):
+        raise CLIError(f"model folder not found: {model}")
 
 
 def collect_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
@@ -266,6 +307,7 @@ def _pair_inputs_with_outputs(inputs: Sequence[str], output: str) -> list[tuple[
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise CLIError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {folder}")
+        _refuse_shared_stems(files)
         return [(path, Path(output) / f"{path.stem}.png") for path in files]
     for name in inputs:
         if Path(name).is_dir():
@@ -274,14 +316,24 @@ def _pair_inputs_with_outputs(inputs: Sequence[str], output: str) -> list[tuple[
             raise CLIError(f"image file not found: {name}")
     if len(inputs) == 1:
         target = Path(output)
-        if target.is_dir():
+        if target.is_dir() or output.endswith(("/", os.sep)):  # "-o new_folder/" names a folder to create
             target = target / f"{Path(inputs[0]).stem}.png"
         check_output_suffix(target)
         return [(Path(inputs[0]), target)]
-    stems = [Path(name).stem for name in inputs]
-    if len(set(stems)) != len(stems):
-        raise CLIError("several inputs share a file name stem; their outputs would overwrite each other")
+    _refuse_shared_stems([Path(name) for name in inputs])
     return [(Path(name), Path(output) / f"{Path(name).stem}.png") for name in inputs]
+
+
+def _refuse_shared_stems(paths: Sequence[Path]) -> None:
+    """Outputs are named STEM.png: two inputs with one stem (photo.jpg, photo.png) would overwrite each other."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise CLIError(
+                f"{seen[path.stem]} and {path} share the file name stem {path.stem!r}, so their outputs "
+                f"({path.stem}.png) would overwrite each other; rename one"
+            )
+        seen[path.stem] = path
 
 
 def check_output_suffix(path: Path) -> None:
@@ -293,12 +345,14 @@ def check_output_suffix(path: Path) -> None:
         raise CLIError(f"cannot write {path}: Pillow has no writer for {suffix!r} files; use .png, .jpg, .webp, .tif")
 
 
-def save_atomically(image, path: Path, exif: bytes | None = None) -> None:
+def save_atomically(image, path: Path, exif: bytes | None = None, quality: int = 95) -> None:
     """Write `image` (with `exif`, if given) to `path` through a temporary file in the same folder, so no partial
-    file is ever left."""
-    from .image_processing_teasr import convert_mode
+    file is ever left. JPEG and WebP are written at `quality`."""
+    from .image_processing_teasr import convert_mode, to_8bit_gray
 
     suffix = path.suffix.lower() or ".png"
+    if image.mode.startswith("I;16") and suffix not in SIXTEEN_BIT_SUFFIXES:
+        image = to_8bit_gray(image)  # Pillow's own conversion clips 16-bit values at 255: a white image
     # CMYK is written only to TIFF; JPEG holds RGB and L.
     if (image.mode == "CMYK" and suffix not in (".tif", ".tiff")) or (
         suffix in (".jpg", ".jpeg") and image.mode not in ("RGB", "L")
@@ -308,6 +362,8 @@ def save_atomically(image, path: Path, exif: bytes | None = None) -> None:
     metadata = {"icc_profile": image.info["icc_profile"]} if image.info.get("icc_profile") else {}
     if exif:
         metadata["exif"] = exif
+    if suffix in (".jpg", ".jpeg", ".webp"):
+        metadata["quality"] = quality  # Pillow's default, 75, blurs away the detail an upscale adds
     try:
         with atomic_write(path, suffix=suffix) as temporary:
             image.save(temporary, **metadata)
@@ -348,7 +404,8 @@ def run_upscale(args: argparse.Namespace) -> int:
                 max_output_pixels=max_pixels,
                 generator=torch.Generator().manual_seed(args.seed),
             )
-            save_atomically(result.images[0], target, resized_exif(image.info.get("exif"), result.images[0].size))
+            exif = resized_exif(image.info.get("exif"), result.images[0].size)
+            save_atomically(result.images[0], target, exif, quality=args.quality)
         except (ValueError, CLIError) as error:
             if len(jobs) == 1:
                 raise CLIError(str(error)) from None
@@ -440,8 +497,8 @@ def run_export(args: argparse.Namespace) -> int:
     from .hub import default_model_path
     from .pipeline_teasr import lora_training_base
 
-    if args.model is not None and not Path(args.model).exists() and _looks_like_local_path(args.model):
-        raise CLIError(f"model folder not found: {args.model}")
+    if args.model is not None:
+        check_model_path(args.model)
     try:
         model = args.model or (lora_training_base(Path(args.lora)) if args.lora else None) or default_model_path()
         folder = export_pipeline(

@@ -688,8 +688,13 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         index_file = os.path.join(path, "model_index.json")
         if not os.path.isfile(index_file):
             raise ValueError(f"{path} is not a TEASR pipeline folder: model_index.json is missing.{_lora_hint(path)}")
-        with open(index_file, encoding="utf-8") as handle:
-            index = json.load(handle)
+        try:
+            with open(index_file, encoding="utf-8") as handle:
+                index = json.load(handle)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"{index_file} is not valid JSON: {error}") from None
+        if not isinstance(index, dict):
+            raise ValueError(f"{index_file} is not a pipeline index (a JSON object).")
 
         components: dict[str, Any] = {}
         component_names = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer")

@@ -40,6 +40,7 @@ import torch
 
 from pipeline_teasr import TEASRPipeline
 from pipeline_teasr.cli import IMAGE_SUFFIXES, CLIError, load_pipeline
+from pipeline_teasr.hub import embedded_model_path
 from pipeline_teasr.image_processing_teasr import (
     convert_mode,
     decompose_image,
@@ -76,10 +77,16 @@ def env_int(name: str, default: int) -> int:
     return parsed
 
 
-MAX_INPUT_PIXELS = env_int("TEASR_SPACE_MAX_INPUT_PIXELS", 1024 * 1024)
-MAX_OUTPUT_PIXELS = env_int("TEASR_SPACE_MAX_OUTPUT_PIXELS", 2048 * 2048)
-CONCURRENCY = env_int("TEASR_SPACE_CONCURRENCY", 2)
-MAX_QUEUE = env_int("TEASR_SPACE_MAX_QUEUE", 16)
+try:
+    MAX_INPUT_PIXELS = env_int("TEASR_SPACE_MAX_INPUT_PIXELS", 1024 * 1024)
+    MAX_OUTPUT_PIXELS = env_int("TEASR_SPACE_MAX_OUTPUT_PIXELS", 2048 * 2048)
+    CONCURRENCY = env_int("TEASR_SPACE_CONCURRENCY", 2)
+    MAX_QUEUE = env_int("TEASR_SPACE_MAX_QUEUE", 16)
+except ValueError as setting_error:
+    if __name__ != "__main__":
+        raise
+    print(f"teasr space: {setting_error}", file=sys.stderr)  # one line, as for a model that cannot be loaded
+    sys.exit(2)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -305,6 +312,18 @@ the model was trained for; optional, default: the model's) and returns the upsca
 """
 
 
+def display_name(pipe: TEASRPipeline) -> str:
+    """The model's name for the page: a Hub id as it is, a local folder by its name, never the server's path."""
+    name = str(pipe.config.get("_name_or_path") or "")
+    if not name:
+        return "TEASR"
+    path = Path(name)
+    embedded = embedded_model_path()
+    if embedded is not None and path.exists() and path.resolve() == embedded.resolve():
+        return "teasr-mini (embedded)"
+    return path.name if path.exists() else name
+
+
 def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
     """The Space's Blocks app around `pipe` (default: `load_pipeline` of `$TEASR_MODEL` or the embedded model)."""
     if pipe is None:
@@ -313,7 +332,7 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
     default_tile = min(MAX_TILE_SIZE, config_tile if config_tile is not None else FALLBACK_TILE_SIZE)
     default_start_from, default_start = pipe.resolve_start(None, None)
     store = OutputStore(Path(tempfile.gettempdir()) / "teasr-space")
-    model_name = pipe.config.get("_name_or_path") or "TEASR"
+    model_name = display_name(pipe)
 
     @gpu(duration=60)
     def sample_gpu(image: PIL.Image.Image, settings: Settings) -> Sample:
@@ -429,9 +448,11 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
                             elem_id="compare-gallery",
                         )
                         compare_info = gr.Markdown(elem_id="compare-info")
+        largest_x4_input = min(MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS // 16)
         gr.Markdown(
             f"Model: `{model_name}`. Inputs up to {MAX_INPUT_PIXELS:,} pixels and outputs up to "
-            f"{MAX_OUTPUT_PIXELS:,} pixels ({', '.join(sorted(IMAGE_SUFFIXES))}). {API_DOC}"
+            f"{MAX_OUTPUT_PIXELS:,} pixels (so at x4, inputs up to {largest_x4_input:,} pixels; "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))}). {API_DOC}"
         )
 
         common = dict(preprocess=False, concurrency_id="teasr")

@@ -440,3 +440,86 @@ def test_a_lora_folder_given_as_model_says_how_to_use_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "model_index.json is missing" in err
     assert f"teasr export OUT --model runs/flow_base --lora {lora} --fuse" in err
+
+
+def test_two_photos_of_one_stem_in_a_folder_are_refused_before_either_is_overwritten(run_cli, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    random_photo(8, 8, seed=1).save(photos / "beach.png")
+    random_photo(8, 8, seed=2).save(photos / "beach.JPG")
+    code, _, err = run_cli(str(photos), "-o", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "share the file name stem 'beach', so their outputs (beach.png) would overwrite each other" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_ending_in_a_slash_is_a_folder_to_create(run_cli, tmp_path):
+    random_photo(8, 8).save(tmp_path / "photo.png")
+    code, _, err = run_cli(str(tmp_path / "photo.png"), "-o", f"{tmp_path / 'new'}/")
+    assert code == 0, err
+    assert PIL.Image.open(tmp_path / "new" / "photo.png").size == (32, 32)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp", ".bmp"])
+def test_16_bit_grayscale_is_scaled_to_8_bits_for_8_bit_formats(run_cli, tmp_path, suffix):
+    """Pillow's I;16 -> RGB / L conversions clip at 255: a mid-grey 16-bit photo came out white as JPEG."""
+    gray = np.asarray(random_photo(8, 8, mode="L"), dtype=np.uint16) * 257
+    PIL.Image.fromarray(gray).save(tmp_path / "gray16.png")
+    for name in ("out16.png", f"out{suffix}"):
+        code, _, err = run_cli(str(tmp_path / "gray16.png"), "-o", str(tmp_path / name))
+        assert code == 0, err
+    sixteen_bit = PIL.Image.open(tmp_path / "out16.png")
+    assert sixteen_bit.mode == "I;16"
+    eight_bit = np.asarray(PIL.Image.open(tmp_path / f"out{suffix}").convert("L"), dtype=np.float64)
+    assert abs(eight_bit.mean() - np.asarray(sixteen_bit, dtype=np.float64).mean() / 257) < 2
+
+
+def test_jpeg_outputs_are_written_at_the_quality_asked(run_cli, tmp_path):
+    random_photo(16, 16).save(tmp_path / "photo.png")
+    sizes = {}
+    for quality in ("95", "40"):
+        out = tmp_path / f"q{quality}.jpg"
+        assert run_cli(str(tmp_path / "photo.png"), "-o", str(out), "--quality", quality)[0] == 0
+        sizes[quality] = out.stat().st_size
+    assert sizes["95"] > 1.5 * sizes["40"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seed", str(2**64)], "--seed: must be an integer from 0 to 2**64 - 1"),  # torch: "Overflow when unpacking"
+        (["--max-output-pixels", "0"], "--max-output-pixels: must be a positive integer, got 0"),  # was the default
+        (["--quality", "0"], "--quality: invalid choice"),
+    ],
+)
+def test_out_of_range_options_are_usage_errors(tmp_path, capsys, args, message):
+    random_photo(8, 8).save(tmp_path / "photo.png")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upscale", str(tmp_path / "photo.png"), "-o", str(tmp_path / "o.png"), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["meta", "mps"])
+def test_a_device_that_cannot_be_used_is_one_line(tiny_pipeline_dir, tmp_path, capsys, device):
+    random_photo(8, 8).save(tmp_path / "photo.png")
+    code = main(
+        ["upscale", str(tmp_path / "photo.png"), "-o", str(tmp_path / "o.png"), "--model", tiny_pipeline_dir,
+         "--device", device]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"teasr: error: --device {device}") and err.count("\n") == 1, err
+
+
+def test_teasr_model_naming_a_missing_folder_or_a_file_is_said_plainly(tmp_path, capsys, monkeypatch):
+    random_photo(8, 8).save(tmp_path / "photo.png")
+    command = ["upscale", str(tmp_path / "photo.png"), "-o", str(tmp_path / "o.png")]
+    monkeypatch.setenv("TEASR_MODEL", str(tmp_path / "nowhere"))
+    assert main(command) == 2
+    assert capsys.readouterr().err == f"teasr: error: model folder not found: {tmp_path / 'nowhere'}\n"
+    assert main([*command, "--model", str(tmp_path / "photo.png")]) == 2
+    assert "photo.png is a file; pass a pipeline folder" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{not json")
+    assert main([*command, "--model", str(broken)]) == 2
+    assert f"{broken / 'model_index.json'} is not valid JSON" in capsys.readouterr().err

@@ -344,3 +344,30 @@ def test_start_slider_holds_the_embedded_models_default(monkeypatch: pytest.Monk
     assert start.minimum <= start.value <= start.maximum
     offered = [value for _, value in start_from.choices]
     assert offered == [value for _, value in app.START_CHOICES if value in pipe.supported_starts]
+
+
+def test_the_page_names_the_model_without_the_servers_paths(tiny_pipeline, tmp_path, monkeypatch) -> None:
+    from pipeline_teasr.hub import embedded_model_path
+
+    spec = importlib.util.spec_from_file_location("teasr_space_app", APP)
+    app = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, app)
+    spec.loader.exec_module(app)
+    (tmp_path / "my-model").mkdir()
+    names, original = {}, tiny_pipeline.config.get("_name_or_path")
+    try:
+        for name_or_path in (str(embedded_model_path()), str(tmp_path / "my-model"), "someone/teasr-large"):
+            tiny_pipeline.register_to_config(_name_or_path=name_or_path)
+            names[name_or_path] = app.display_name(tiny_pipeline)
+    finally:
+        tiny_pipeline.register_to_config(_name_or_path=original)
+    assert list(names.values()) == ["teasr-mini (embedded)", "my-model", "someone/teasr-large"]
+
+
+def test_a_bad_space_setting_is_one_line_and_exit_2(tmp_path) -> None:
+    env = {**os.environ, "TEASR_SPACE_MAX_INPUT_PIXELS": "abc", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(APP)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == "teasr space: TEASR_SPACE_MAX_INPUT_PIXELS='abc' is not an integer"
+    assert "Traceback" not in result.stderr
