@@ -1596,6 +1596,12 @@ def run_training(
         else:
             if vae is not None:
                 vae.to(dtype=vae_dtype)
+            # The transformer carries them too, for pipelines built from components rather than loaded.
+            tile = saved_defaults["default_tile_size"]
+            model.register_to_config(
+                sample_size=tile // pipe.vae_scale_factor if tile else model.config.get("sample_size"),
+                supported_starts=saved_defaults["supported_starts"],
+            )
             final = TEASRPipeline(
                 transformer=model,
                 scheduler=FlowMapEulerDiscreteScheduler.from_config(pipe.scheduler.config),

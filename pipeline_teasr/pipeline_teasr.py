@@ -324,8 +324,10 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
 
     @property
     def supported_starts(self) -> tuple[str, ...]:
-        """The starts this model was trained for (`supported_starts` in its config; both when unset)."""
-        return tuple(self.config.get("supported_starts") or ("noise", "lq"))
+        """The starts this model was trained for: `supported_starts` in the pipeline's config, else in the
+        transformer's; both when neither sets them."""
+        transformer_starts = self.transformer.config.get("supported_starts") if self.transformer is not None else None
+        return tuple(self.config.get("supported_starts") or transformer_starts or ("noise", "lq"))
 
     def resolve_start(self, start: str | None, start_timestep: float | None) -> tuple[str, float]:
         """`(start, start_timestep)` of a call: the given values, else the pipeline's defaults ("noise" if the model
@@ -354,6 +356,8 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         call."""
         if tile_size is None:
             tile_size = self.config.get("default_tile_size")
+        if tile_size is None and self.transformer is not None and self.transformer.config.get("sample_size"):
+            tile_size = self.transformer.config.sample_size * self.vae_scale_factor  # the training crops' size
         if tile_overlap is None:
             tile_overlap = self.config.get("default_tile_overlap")
         if tile_overlap is None and isinstance(tile_size, int) and tile_size > 0:

@@ -196,6 +196,12 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         conv_channels (`int`): width of the convolutional path on the token grid (`TokenGridConvPath`); 0 (the
             default, and every Qwen-Image folder) means none. See `enable_conv_path`.
         conv_blocks (`int`): residual blocks of that path.
+        sample_size (`int`, *optional*): side of the crops the model was trained on, in latent (for pixel-space
+            models: output) pixels; a pipeline without its own `default_tile_size` tiles at this size, since a model
+            trained on crops does not extrapolate to larger windows.
+        supported_starts (`list[str]`, *optional*): the sampling starts the weights were trained for (`"noise"`,
+            `"lq"`; `None`: both). A pipeline without its own `supported_starts` reads them here, so that one built
+            from components (`TEASRPipeline(transformer=..., scheduler=...)`) never runs an untrained start.
         num_null_prompt_tokens (`int`): length of the learned null prompt.
         guidance_embeds, zero_cond_t, use_additional_t_cond, use_layer3d_rope: accepted for config compatibility
             with Qwen-Image folders. TEASR always modulates the LQ branch with `s`; the Qwen-Image-Layered options
@@ -227,8 +233,12 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         lq_skip: bool = False,
         conv_channels: int = 0,
         conv_blocks: int = 0,
+        sample_size: int | None = None,
+        supported_starts: list[str] | None = None,
     ):
         super().__init__()
+        if supported_starts is not None and (not supported_starts or set(supported_starts) - {"noise", "lq"}):
+            raise ValueError(f"`supported_starts` must list 'noise' and/or 'lq', got {supported_starts!r}.")
         if use_additional_t_cond or use_layer3d_rope:
             raise ValueError(
                 "Qwen-Image-Layered configs (use_additional_t_cond / use_layer3d_rope) are not supported."

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import pytest
 import torch
 
 from pipeline_teasr import TEASRPipeline
@@ -62,3 +63,18 @@ def test_model_card_carries_the_committed_training_recipe():
     recipe = EMBEDDED_MODEL_DIR.parent / "train_scripts" / "teasr_mini" / "RECIPE.md"
     card = (EMBEDDED_MODEL_DIR / "README.md").read_text()
     assert recipe.read_text().strip() in card
+
+
+def test_a_pipeline_built_from_the_embedded_components_upscales_like_the_loaded_one():
+    """`TEASRPipeline(**pipe.components)` (diffusers' way to share models between pipelines) knows the starts and
+    the tile size from the transformer's config: without them it ran the untrained noise start on untiled input
+    and returned noise."""
+    pipe = TEASRPipeline.from_pretrained(default_model_path())
+    rebuilt = TEASRPipeline(**pipe.components)
+    for each in (pipe, rebuilt):
+        each.set_progress_bar_config(disable=True)
+    image = PIL.Image.open(EMBEDDED_MODEL_DIR.parent / "examples" / "astronaut_lq.png").crop((0, 0, 48, 40))
+    expected = pipe(image, output_type="np").images
+    np.testing.assert_array_equal(rebuilt(image, output_type="np").images, expected)
+    with pytest.raises(ValueError, match="trained for start='lq' only"):
+        rebuilt(image, start="noise")

@@ -445,6 +445,9 @@ def test_trainable_modules_train_only_those_and_a_wrong_name_is_one_clear_error(
     # LQ-bridge rows only, no flow rows: the saved pipeline knows it was trained for the LQ start alone.
     saved = TEASRPipeline.from_pretrained(tmp_path / "out")
     assert saved.supported_starts == ("lq",) and saved.resolve_start(None, None)[0] == "lq"
+    # The transformer records them too, so a pipeline built from it alone starts from the LQ image on its crops.
+    rebuilt = TEASRPipeline(transformer=saved.transformer, scheduler=saved.scheduler)
+    assert rebuilt.supported_starts == ("lq",) and rebuilt.resolve_tiling(None, None, 1)[0] == 16
     with pytest.raises(ValueError, match="no submodule 'blocks'.*transformer_blocks"):
         run_in_process(
             "train_teasr_lora", [*args, "--output_dir", str(tmp_path / "bad"), "--trainable_modules", "blocks"]
