@@ -386,6 +386,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     if len(jobs) == 1 and sys.stderr.isatty():  # one large photo can take minutes: show its tiles going by
         pipe.set_progress_bar_config(disable=False, leave=False, desc="upscaling", unit="tiles batch")
     max_pixels = args.max_output_pixels or DEFAULT_MAX_OUTPUT_PIXELS
+    check_upscale_options(pipe, args, max_pixels)
     failures: list[tuple[Path, str]] = []
     progress = tqdm(jobs, desc="upscaling", unit="img", disable=len(jobs) == 1 or not sys.stderr.isatty())
     for source, target in progress:
@@ -408,8 +409,8 @@ def run_upscale(args: argparse.Namespace) -> int:
             save_atomically(result.images[0], target, exif, quality=args.quality)
         except (ValueError, CLIError) as error:
             if len(jobs) == 1:
-                raise CLIError(str(error)) from None
-            failures.append((source, str(error)))
+                raise CLIError(in_cli_terms(str(error))) from None
+            failures.append((source, in_cli_terms(str(error))))
             continue
         seconds = time.perf_counter() - started
         print(
@@ -422,6 +423,52 @@ def run_upscale(args: argparse.Namespace) -> int:
             print(f"  {source}: {reason}", file=sys.stderr)
         return EXIT_SOME_FAILED
     return 0
+
+
+# The pipeline's argument names, as the user typed them here.
+CLI_FLAGS = {
+    "num_inference_steps": "--steps",
+    "upscale": "--scale",
+    "start_timestep": "--start-timestep",
+    "start": "--start",
+    "tile_size": "--tile",
+    "tile_overlap": "--tile-overlap",
+    "max_output_pixels": "--max-output-pixels",
+    "color_fix": "--color-fix",
+}
+
+
+def in_cli_terms(message: str) -> str:
+    """A pipeline error with its argument names (`num_inference_steps`) replaced by the CLI's flags (--steps)."""
+    for name, flag in CLI_FLAGS.items():
+        message = message.replace(f"`{name}`", flag)
+    return message
+
+
+def check_upscale_options(pipe, args: argparse.Namespace, max_pixels: int) -> None:
+    """The options' own errors (not an image's), once before any photo is read, through the pipeline's checks."""
+    import numpy as np
+
+    try:
+        tile_size, tile_overlap = pipe.resolve_tiling(args.tile, args.tile_overlap, args.steps)
+        start, start_timestep = pipe.resolve_start(args.start, args.start_timestep)
+        pipe.check_inputs(
+            image=np.zeros((1, 1, 3), dtype=np.uint8),  # a stand-in: only the options are checked here
+            upscale=args.scale,
+            num_inference_steps=args.steps,
+            start_timestep=start_timestep,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+            output_type="pil",
+            color_fix=args.color_fix,
+            prompt=None,
+            prompt_embeds=None,
+            max_output_pixels=max_pixels,
+            callback_on_step_end_tensor_inputs=None,
+            start=start,
+        )
+    except ValueError as error:
+        raise CLIError(in_cli_terms(str(error))) from None
 
 
 def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:

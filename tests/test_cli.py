@@ -188,13 +188,13 @@ def test_bad_files_exit_2_with_one_line_and_no_output(run_cli, tmp_path, kind):
 @pytest.mark.parametrize(
     "args, word",
     [
-        (["--steps", "0"], "num_inference_steps"),
-        (["--scale", "0"], "upscale"),
-        (["--scale", "-1"], "upscale"),
-        (["--start-timestep", "0"], "start_timestep"),
-        (["--start-timestep", "1.2"], "start_timestep"),
-        (["--scale", "100", "--max-output-pixels", "100000"], "max_output_pixels"),
-        (["--tile", "16", "--tile-overlap", "100"], "tile_overlap"),
+        (["--steps", "0"], "--steps must be an integer >= 1, got 0"),
+        (["--scale", "0"], "--scale must be a positive number"),
+        (["--scale", "-1"], "--scale must be a positive number"),
+        (["--start-timestep", "0"], "--start-timestep must lie in (0, 1]"),
+        (["--start-timestep", "1.2"], "--start-timestep must lie in (0, 1]"),
+        (["--scale", "100", "--max-output-pixels", "100000"], "above --max-output-pixels=100000"),
+        (["--tile", "16", "--tile-overlap", "100"], "--tile-overlap must be at most half the tile"),
     ],
 )
 def test_bad_arguments_exit_2(run_cli, tmp_path, args, word):
@@ -344,7 +344,7 @@ def test_huge_input_refused_above_the_output_cap(run_cli, tmp_path):
     PIL.Image.new("RGB", (4000, 3000), (90, 120, 150)).save(source)
     code, _, err = run_cli(str(source), "-o", str(tmp_path / "out.png"))
     assert code == 2
-    assert "16000x12000" in err and "max_output_pixels" in err and err.count("\n") == 1
+    assert "16000x12000" in err and "above --max-output-pixels=67108864" in err and err.count("\n") == 1
     assert not (tmp_path / "out.png").exists()
 
 
@@ -523,3 +523,12 @@ def test_teasr_model_naming_a_missing_folder_or_a_file_is_said_plainly(tmp_path,
     (broken / "model_index.json").write_text("{not json")
     assert main([*command, "--model", str(broken)]) == 2
     assert f"{broken / 'model_index.json'} is not valid JSON" in capsys.readouterr().err
+
+
+def test_a_bad_option_is_reported_once_for_a_folder_not_once_per_photo(run_cli, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(3):
+        random_photo(8, 8, seed=index).save(photos / f"p{index}.png")
+    code, _, err = run_cli(str(photos), "-o", str(tmp_path / "out"), "--steps", "0")
+    assert code == 2 and err == "teasr: error: --steps must be an integer >= 1, got 0.\n", err
