@@ -161,7 +161,12 @@ def add_export_parser(commands) -> None:
         "to it), write OUT with model_index.json, safetensors weights, the custom code and a README.md card.",
     )
     parser.add_argument("output", metavar="OUT", help="folder to create")
-    parser.add_argument("--model", default=None, help="pipeline folder (the base with --lora; default: embedded)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="pipeline folder (with --lora: its base; default: the base the LoRA's training_args.json names, else "
+        "the embedded model)",
+    )
     parser.add_argument("--lora", default=None, help="folder with pytorch_lora_weights.safetensors (or the file)")
     parser.add_argument("--fuse", action="store_true", help="merge the LoRA into the weights")
     parser.add_argument("--lora-scale", type=float, default=1.0, help="LoRA scale when fusing")
