@@ -69,21 +69,34 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-output-pixels", type=positive_int, default=None, help="refuse larger outputs (default: 64 MP)"
     )
     parser.add_argument(
-        "--quality", type=int, default=95, choices=range(1, 101), metavar="1-100",
-        help="JPEG / WebP quality of the outputs (default 95)",
-    )  # fmt: skip
+        "--quality", type=quality_value, default=95, metavar="1-100", help="JPEG / WebP quality of the outputs (95)"
+    )
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
 def seed_value(text: str) -> int:
     """A seed torch accepts: 0 to 2**64 - 1 (larger ones failed with "Overflow when unpacking long long")."""
-    value = int(text)
+    value = _integer(text)
     if not 0 <= value < 2**64:
         raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**64 - 1, got {text}")
     return value
 
 
+def quality_value(text: str) -> int:
+    value = _integer(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 100, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value

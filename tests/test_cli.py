@@ -489,7 +489,7 @@ def test_jpeg_outputs_are_written_at_the_quality_asked(run_cli, tmp_path):
     [
         (["--seed", str(2**64)], "--seed: must be an integer from 0 to 2**64 - 1"),  # torch: "Overflow when unpacking"
         (["--max-output-pixels", "0"], "--max-output-pixels: must be a positive integer, got 0"),  # was the default
-        (["--quality", "0"], "--quality: invalid choice"),
+        (["--quality", "0"], "--quality: must be from 1 to 100, got 0"),
     ],
 )
 def test_out_of_range_options_are_usage_errors(tmp_path, capsys, args, message):
