@@ -91,6 +91,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def sampling_sigmas(num_inference_steps: int, start_timestep: float) -> list[float]:
     """The any-step schedule `T = t_0 > t_1 > ... > t_{K-1}` (the terminal `t_K = 0` is implicit)."""
     return np.linspace(start_timestep, 0.0, num_inference_steps + 1)[:-1].tolist()
@@ -275,11 +279,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
     ) -> None:
         if image is None or (isinstance(image, list) and len(image) == 0):
             raise ValueError("`image` must be given (a PIL image, numpy array, torch tensor or a list of them).")
-        if (
-            not isinstance(num_inference_steps, int)
-            or isinstance(num_inference_steps, bool)
-            or num_inference_steps < 1
-        ):
+        if not _is_integer(num_inference_steps) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
         if not _is_number(upscale) or not math.isfinite(upscale) or upscale <= 0:
             raise ValueError(f"`upscale` must be a positive number, got {upscale!r}.")
@@ -287,13 +287,11 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             raise ValueError(f"`start_timestep` must lie in (0, 1], got {start_timestep!r}.")
         if start not in ("noise", "lq"):
             raise ValueError(f"`start` must be 'noise' or 'lq', got {start!r}.")
-        if tile_size is not None and (not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < 0):
+        if tile_size is not None and (not _is_integer(tile_size) or tile_size < 0):
             raise ValueError(f"`tile_size` must be a non-negative integer (0 = no tiling), got {tile_size!r}.")
         if tile_size and tile_size < self.grid_multiple:
             raise ValueError(f"`tile_size` must be 0 or at least {self.grid_multiple} pixels, got {tile_size}.")
-        if tile_overlap is not None and (
-            not isinstance(tile_overlap, int) or isinstance(tile_overlap, bool) or tile_overlap < 0
-        ):
+        if tile_overlap is not None and (not _is_integer(tile_overlap) or tile_overlap < 0):
             raise ValueError(f"`tile_overlap` must be a non-negative integer, got {tile_overlap!r}.")
         if tile_size and tile_overlap is not None and tile_overlap > max_tile_overlap(tile_size):
             raise ValueError(
@@ -475,7 +473,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             raise ValueError(f"`generator` must be a torch.Generator or a list of them, got {generator!r}.")
         if isinstance(generator, list) and len(generator) != len(images):
             raise ValueError(f"Got {len(generator)} generators for {len(images)} images; pass one per image.")
-        if not isinstance(tile_batch_size, int) or isinstance(tile_batch_size, bool) or tile_batch_size < 1:
+        if not _is_integer(tile_batch_size) or tile_batch_size < 1:
             raise ValueError(f"`tile_batch_size` must be an integer >= 1, got {tile_batch_size!r}.")
 
         decomposed = [decompose_image(item) for item in images]
