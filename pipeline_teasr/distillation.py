@@ -1526,11 +1526,9 @@ def run_training(
                             # the update and lowers the scale, and must be called, or the next step's unscale fails.
                             loss_scale_overflow = overflow and accelerator.scaler is not None
                             window_bad = overflow and not loss_scale_overflow
-                        if loss_scale_overflow:
-                            optimizer.step()
-                        elif not window_bad:
-                            optimizer.step()
-                            if ema is not None:
+                        if not window_bad:
+                            optimizer.step()  # after a loss-scale overflow, the scaler skips the update itself
+                            if ema is not None and not loss_scale_overflow:
                                 ema.step(transformer_params)
                         lr_scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
