@@ -558,14 +558,15 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import ExportError, export_pipeline, push_folder
+    from .export import ExportError, export_pipeline, find_lora_file, push_folder
     from .hub import default_model_path
     from .pipeline_teasr import lora_training_base
 
     if args.model is not None:
         check_model_path(args.model)
     try:
-        model = args.model or (lora_training_base(Path(args.lora)) if args.lora else None) or default_model_path()
+        recorded_base = lora_training_base(find_lora_file(args.lora).parent) if args.lora else None
+        model = args.model or recorded_base or default_model_path()
         folder = export_pipeline(
             args.output,
             model,
