@@ -226,15 +226,6 @@ def resolve_device_and_dtype(device: str | None, dtype: str):
     return resolved, torch_dtype
 
 
-def _looks_like_local_path(model: str) -> bool:
-    """Whether `model` names a local folder rather than a Hub repo id ("name" or "namespace/name")."""
-    path = Path(model).expanduser()
-    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model:
-        return True
-    # "runs/teasr" whose "runs" is a folder here is a path; "namespace/name" with no such folder is a repo id.
-    return path.parent != Path(".") and path.parent.is_dir()
-
-
 def load_pipeline(model: str | None, device: str | None, dtype: str):
     """Load the pipeline the CLI, the Space and the benchmarks share: `model` or the embedded default."""
     import torch
@@ -285,10 +276,12 @@ def _diffusers_errors_only() -> Iterator[None]:
 
 def check_model_path(model: str) -> None:
     """A local --model (or $TEASR_MODEL) that is missing or a file, reported as such rather than as a bad Hub id."""
+    from .pipeline_teasr import looks_like_local_path
+
     path = Path(model).expanduser()
     if path.is_file():
         raise CLIError(f"--model {model} is a file; pass a pipeline folder (with model_index.json) or a Hub repo id")
-    if not path.exists() and _looks_like_local_path(model):
+    if not path.exists() and looks_like_local_path(model):
         raise CLIError(f"model folder not found: {model}")
 
 

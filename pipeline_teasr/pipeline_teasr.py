@@ -54,6 +54,15 @@ def lora_training_base(path: str | os.PathLike) -> str | None:
     return base if isinstance(base, str) and base not in ("", "None") else None
 
 
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` names a local folder rather than a Hub repo id ("name" or "namespace/name")."""
+    if os.path.isabs(os.path.expanduser(name)) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
+        return True
+    # "runs/teasr" whose "runs" is a folder here is a path; "namespace/name" with no such folder is a repo id.
+    parent = os.path.dirname(name)
+    return parent != "" and os.path.isdir(parent)
+
+
 def _lora_hint(path: str) -> str:
     """For a folder holding only a trained LoRA: how to use it (it needs its base pipeline)."""
     if not os.path.isfile(os.path.join(path, LORA_WEIGHT_NAME)):
@@ -682,8 +691,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             raise ValueError("TEASR folders hold safetensors weights only; `use_safetensors=False` is not supported.")
         model_kwargs = {key: kwargs.pop(key) for key in ("variant", "low_cpu_mem_usage") if key in kwargs}
         path = os.fspath(pretrained_model_name_or_path)
-        looks_local = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
-        if looks_local and not os.path.isdir(path):
+        if looks_like_local_path(path) and not os.path.isdir(path):
             raise ValueError(f"model folder not found: {path}")
         if not os.path.isdir(path):
             path = cls.download(path, **{k: kwargs.pop(k) for k in list(kwargs) if k in _DOWNLOAD_KWARGS})
