@@ -508,7 +508,8 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
         pipe = load_pipeline(args.model, args.device, args.dtype) if steps else None
     except ValueError as error:  # e.g. no default model
         raise CLIError(first_line(error)) from None
-    device, _ = resolve_device_and_dtype(args.device, args.dtype)
+    # The loaded pipeline's device; resolving the flags again would repeat their warnings.
+    device = pipe.device if pipe is not None else resolve_device_and_dtype(args.device, args.dtype)[0]
     try:
         report = evaluate(
             args.gt,
