@@ -190,7 +190,11 @@ def add_export_parser(commands) -> None:
     )
     parser.add_argument("--model-name", default=None, help="card title (default: OUT's folder name)")
     parser.add_argument("--base-model", default=None, help="Hub id of the base model (card metadata)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it is an earlier export (with model_index.json) or empty",
+    )
     parser.add_argument("--push", default=None, metavar="REPO_ID", help="upload OUT to this Hub model repo")
     parser.add_argument("--private", action="store_true", help="create the pushed repo as private")
 

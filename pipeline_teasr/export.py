@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import PIL.Image
 
 from .errors import first_line
 from .model_card import card_from_files, validate_model_card, write_model_card
@@ -96,6 +99,16 @@ def _load_lora(pipe: Any, lora_file: Path, model: str | os.PathLike) -> None:
         raise ExportError(f"cannot load the LoRA {lora_file}: {first_line(error)}") from None
 
 
+def _is_png_or_jpeg(path: Path) -> bool:
+    """Whether the file really is a readable PNG or JPEG image (not only named like one)."""
+    try:
+        with PIL.Image.open(path) as image:
+            image.verify()
+            return image.format in ("PNG", "JPEG")
+    except (OSError, SyntaxError, ValueError, struct.error):
+        return False
+
+
 def export_pipeline(
     output: str | os.PathLike,
     model: str | os.PathLike,
@@ -135,10 +148,16 @@ def export_pipeline(
         raise ExportError(f"{target} already exists; pass --overwrite to replace it")
     if target.exists() and not target.is_dir():
         raise ExportError(f"{target} exists and is not a folder")
+    if target.exists() and any(target.iterdir()) and not (target / "model_index.json").is_file():
+        # --overwrite replaces the whole folder: only ever an earlier export (or an empty folder), never e.g. '.'
+        raise ExportError(
+            f"--overwrite only replaces a model folder (one with model_index.json), and {target} is not one; "
+            "choose a new output folder"
+        )
     lora_file = find_lora_file(lora) if lora is not None else None
     images = [Path(image) for image in card_images]
     for image in images:
-        if not image.is_file() or image.suffix.lower() not in CARD_IMAGE_SUFFIXES:
+        if not image.is_file() or image.suffix.lower() not in CARD_IMAGE_SUFFIXES or not _is_png_or_jpeg(image):
             raise ExportError(f"--card-image {image} is not a PNG or JPEG file")
     if len({image.name for image in images}) != len(images):
         raise ExportError("--card-image files must have distinct names")

@@ -156,6 +156,20 @@ def test_exported_folders_are_complete_safetensors_only_and_atomic(exports, tiny
     assert main(["export", str(broken), "--model", tiny_pipeline_dir, "--card-json", str(target / "nope.json")]) == 2
     assert main(["export", str(broken), "--model", tiny_pipeline_dir, "--card-image", str(target / "README.md")]) == 2
     assert "is not a PNG or JPEG file" in capsys.readouterr().err
+    fake_plot = exports["root"].parent / "fake_plot.png"  # text named like a figure
+    fake_plot.write_text("not an image")
+    assert main(["export", str(broken), "--model", tiny_pipeline_dir, "--card-image", str(fake_plot)]) == 2
+    assert f"--card-image {fake_plot} is not a PNG or JPEG file" in capsys.readouterr().err
+    # --overwrite never replaces a folder that is not a model folder (say the user's project, or '.')
+    documents = exports["root"].parent / "documents"
+    documents.mkdir()
+    (documents / "thesis.txt").write_text("years of work")
+    assert main(["export", str(documents), "--model", tiny_pipeline_dir, "--overwrite"]) == 2
+    assert "--overwrite only replaces a model folder (one with model_index.json)" in capsys.readouterr().err
+    assert (documents / "thesis.txt").read_text() == "years of work"
+    (documents / "thesis.txt").unlink()  # an empty folder is fine
+    assert main(["export", str(documents), "--model", tiny_pipeline_dir, "--overwrite"]) == 0
+    assert (documents / "model_index.json").is_file()
     assert not broken.exists()
     assert sorted(p.name for p in exports["root"].iterdir()) == ["fused", "plain", "unfused"]
 
