@@ -339,6 +339,10 @@ def _pair_inputs_with_outputs(inputs: Sequence[str], output: str) -> list[tuple[
     return [(Path(name), Path(output) / f"{Path(name).stem}.png") for name in inputs]
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _refuse_shared_stems(paths: Sequence[Path]) -> None:
     """Outputs are named STEM.png: two inputs with one stem (photo.jpg, photo.png) would overwrite each other."""
     seen: dict[str, Path] = {}
@@ -429,8 +433,8 @@ def run_upscale(args: argparse.Namespace) -> int:
             continue
         seconds = time.perf_counter() - started
         print(
-            f"{source} -> {target} ({result.images[0].width}x{result.images[0].height}, {result.nfe} NFE, "
-            f"{seconds:.2f}s)"
+            f"{source} -> {target} ({result.images[0].width}x{result.images[0].height}, "
+            f"{_count(args.steps, 'step')}, {_count(result.nfe, 'network call')} over all tiles, {seconds:.2f}s)"
         )
     if failures:
         print(f"{len(failures)} of {len(jobs)} inputs failed:", file=sys.stderr)

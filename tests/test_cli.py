@@ -48,7 +48,7 @@ def test_single_file_upscaled(run_cli, tmp_path):
     code, out, err = run_cli(str(source), "-o", str(tmp_path / "out.png"), "--steps", "2", "--scale", "3")
     assert code == 0, err
     assert PIL.Image.open(tmp_path / "out.png").size == (36, 30)
-    assert "2 NFE" in out
+    assert "(36x30, 2 steps, 2 network calls over all tiles, " in out  # one untiled call per step
 
 
 def test_output_is_readable_like_any_new_file_and_leaves_no_temporary(run_cli, tmp_path):
