@@ -895,7 +895,8 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
         "--lr_scheduler",
         type=str,
         default="constant",
-        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant" or "constant_with_warmup".',
+        choices=("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"),
+        help="Learning-rate schedule; every one but 'constant' starts with --lr_warmup_steps of linear warm-up.",
     )
     add("--lr_warmup_steps", type=int, default=0)
     add("--lr_num_cycles", type=int, default=1)
@@ -1063,6 +1064,11 @@ def check_common_args(args: argparse.Namespace) -> None:
     for flag in ("lr_warmup_steps", "dataloader_num_workers"):
         if getattr(args, flag) < 0:
             raise ValueError(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
+    if args.lr_warmup_steps > 0 and args.lr_scheduler == "constant":  # diffusers' "constant" ignores the warm-up
+        raise ValueError(
+            f"--lr_warmup_steps {args.lr_warmup_steps} has no effect with --lr_scheduler constant: "
+            "pass --lr_scheduler constant_with_warmup, or drop --lr_warmup_steps."
+        )
     for flag in ("learning_rate", "critic_learning_rate"):
         value = getattr(args, flag, None)
         if value is not None and not (math.isfinite(value) and value > 0):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import itertools
 import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -538,6 +540,7 @@ def test_bad_inputs_fail_before_training(photo_folder, tiny_pipeline_dir, tmp_pa
         (["--train_batch_size", "0"], "--train_batch_size must be >= 1"),
         (["--rank", "0"], "--rank and --lora_alpha must be >= 1"),
         (["--dataloader_num_workers=-1"], "--dataloader_num_workers must be >= 0"),
+        (["--lr_warmup_steps", "50"], "--lr_warmup_steps 50 has no effect with --lr_scheduler constant"),  # ignored
         (["--scale", "0"], "--resolution and --scale must be >= 1, got 16 and 0"),  # ZeroDivisionError
         (["--resolution", "0"], "--resolution and --scale must be >= 1, got 0 and 4"),  # failed at the first batch
         (["--validation_image", __file__], "is not a readable image"),  # a traceback after training
@@ -810,3 +813,33 @@ def test_mixed_precision_default_is_bf16_only_where_the_hardware_computes_bfloat
     assert hardware.recommended_mixed_precision() == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)  # T4
     assert hardware.recommended_mixed_precision() == "no" and hardware.bfloat16_is_emulated("cuda")
+
+
+def documented_training_commands() -> list[tuple[str, list[str]]]:
+    """(script name, flags) of every `accelerate launch train_scripts/...` command in train_scripts/README.md."""
+    text = (SCRIPTS / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        words = shlex.split(block.replace("\\\n", " "))
+        for index, word in enumerate(words):
+            if re.fullmatch(r"train_scripts/train_\w+\.py", word):
+                flags = list(itertools.takewhile(lambda w: w not in ("&&", ";", "accelerate"), words[index + 1 :]))
+                commands.append((Path(word).stem, flags))
+    return commands
+
+
+def test_every_documented_training_command_parses_and_passes_the_flag_checks(tmp_path, monkeypatch):
+    from pipeline_teasr.distillation import check_common_args
+
+    monkeypatch.setenv("HF_TOKEN", "hf_reader_is_logged_in")  # --push_to_hub asks for a login, not checked here
+
+    commands = documented_training_commands()
+    assert {name for name, _ in commands} == {"train_flow_sr", "train_teasr_lora"}, commands
+    for index, (name, flags) in enumerate(commands):
+        args = script_module(name).parse_args(flags)  # a flag that is unknown or misspelled fails here
+        # the files the commands name are the reader's; everything else is checked as given
+        if args.train_data_dir is not None:
+            args.train_data_dir = str(tmp_path)
+        args.validation_image = [str(ROOT / "examples" / "astronaut_lq.png")] if args.validation_image else None
+        args.output_dir = str(tmp_path / f"run{index}")
+        check_common_args(args)  # e.g. a warm-up that the schedule would ignore

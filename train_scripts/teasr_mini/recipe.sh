@@ -107,7 +107,7 @@ train_base() {  # train_base OUTPUT_DIR STEPS [extra flags...]: the flow-matchin
   shift 2
   # shellcheck disable=SC2086,SC2046
   $ACCELERATE train_scripts/train_flow_sr.py --full_finetune --model_config "$MODEL_CONFIG" --zero_init_output \
-    $COMMON --train_batch_size "$BATCH_SIZE" --learning_rate 2e-4 --lr_warmup_steps 50 \
+    $COMMON --train_batch_size "$BATCH_SIZE" --learning_rate 2e-4 \
     --max_train_steps "$steps" --output_dir "$out" $(resume_flag "$out") "$@"
 }
 
