@@ -139,7 +139,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         default_start_timestep (`float`, *optional*): start level used when a call passes no `start_timestep`
             (1.0 if unset); a model distilled for LQ-anchored starts records its largest trained level here.
         default_start (`str`, *optional*): `"noise"` or `"lq"`, used when a call passes no `start` (`"noise"` if
-            unset); a model distilled with LQ-bridge rows records `"lq"` here.
+            unset); a model distilled with LQ-bridge rows only (`--lq_bridge_prob 1`) records `"lq"` here.
         supported_starts (`list[str]`, *optional*): the starts the model was trained for (`None`: both). A model
             trained on one path only (e.g. teasr-mini: LQ-bridge rows and no flow rows, `["lq"]`) returns noise, not
             an upscale, from the other, so a call asking for it is refused.

@@ -93,7 +93,8 @@ def _results_section(reports: Sequence[dict[str, Any]]) -> str:
     if not reports:
         return "No evaluation results were supplied for this export.\n"
     parts = [
-        "Mean scores from `teasr eval` (one network call per step; NFE counts calls per image, tiles included). "
+        "Mean scores from `teasr eval`. NFE counts network calls per image: one per step for an untiled image, and "
+        "for a tiled one, one per batch of tiles (`tile_batch_size`, 4) per step. "
         "Baseline rows are plain PIL resizes of the same LR images.\n"
     ]
     for report in reports:
