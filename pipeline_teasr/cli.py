@@ -234,8 +234,8 @@ def load_pipeline(model: str | None, device: str | None, dtype: str):
     """Load the pipeline the CLI, the Space and the benchmarks share: `model` or the embedded default."""
     import torch
 
-    from .hub import default_model_path
-    from .pipeline_teasr import LORA_WEIGHT_NAME, TEASRPipeline
+    from .hub import default_model_path, shipped_lora_file
+    from .pipeline_teasr import TEASRPipeline
 
     try:
         model = model or default_model_path()  # $TEASR_MODEL is checked like --model
@@ -255,9 +255,10 @@ def load_pipeline(model: str | None, device: str | None, dtype: str):
             ) from None
         raise CLIError(f"cannot load the model in {model}: {first_line(error)}") from None
     pipe.set_progress_bar_config(disable=True)
-    if (Path(model) / LORA_WEIGHT_NAME).is_file():  # an export with its LoRA shipped unfused
+    lora_file = shipped_lora_file(model)  # an export with its LoRA shipped unfused, in a folder or a Hub repo
+    if lora_file is not None:
         try:
-            pipe.load_lora_weights(model, weight_name=LORA_WEIGHT_NAME)
+            pipe.load_lora_weights(os.path.dirname(lora_file), weight_name=os.path.basename(lora_file))
         except (ValueError, KeyError, OSError, RuntimeError) as error:
             raise CLIError(f"cannot load the LoRA shipped in {model}: {first_line(error)}") from None
     # diffusers' own multi-line warning says a float16 pipeline will fail on the CPU; it runs (slowly), as ours says.
