@@ -64,31 +64,18 @@ def _load_pipeline(model: str | os.PathLike) -> Any:
 
 
 def check_lora_fits(transformer: Any, lora_file: Path, model: str | os.PathLike) -> None:
-    """Refuse a LoRA that adapts layers `transformer` lacks or has in other sizes: peft would skip the missing ones
-    with a warning (a silently partial LoRA) and fail on the others with a page of size mismatches."""
+    """Refuse, before anything is written, a LoRA that adapts layers `transformer` lacks or has in other sizes,
+    naming the base the LoRA was trained on."""
     from safetensors import safe_open
 
-    from .pipeline_teasr import lora_training_base
+    from .pipeline_teasr import lora_mismatch, lora_training_base
 
-    base = lora_training_base(lora_file.parent)
-    hint = f" It was trained on {base} (its training_args.json): pass --model {base}." if base else ""
-    modules = dict(transformer.named_modules())
     with safe_open(str(lora_file), "pt") as weights:
-        for key in weights.keys():
-            name, separator, kind = key.removeprefix("transformer.").partition(".lora_")
-            if not separator or kind[:1] not in ("A", "B"):
-                continue
-            weight = getattr(modules.get(name), "weight", None)
-            if weight is None:
-                raise ExportError(f"the LoRA {lora_file} does not fit {model}: that model has no layer {name}.{hint}")
-            shape = weights.get_slice(key).get_shape()
-            # lora_A reads the layer's input features, lora_B writes its output features (Linear and Conv2d alike).
-            found, expected = (shape[1], weight.shape[1]) if kind[0] == "A" else (shape[0], weight.shape[0])
-            if found != expected:
-                raise ExportError(
-                    f"the LoRA {lora_file} does not fit {model}: it adapts {name} for {found} features, that model's "
-                    f"layer has {expected}.{hint}"
-                )
+        problem = lora_mismatch(transformer, {key: weights.get_slice(key).get_shape() for key in weights.keys()})
+    if problem is not None:
+        base = lora_training_base(lora_file.parent)
+        hint = f" It was trained on {base} (its training_args.json): pass --model {base}." if base else ""
+        raise ExportError(f"the LoRA {lora_file} does not fit {model}: {problem}.{hint}")
 
 
 def _load_lora(pipe: Any, lora_file: Path, model: str | os.PathLike) -> None:

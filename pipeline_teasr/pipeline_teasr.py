@@ -15,7 +15,7 @@ import math
 import numbers
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,28 @@ def lora_training_base(path: str | os.PathLike) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return base if isinstance(base, str) and base not in ("", "None") else None
+
+
+def lora_mismatch(transformer: torch.nn.Module, shapes: Mapping[str, Sequence[int]]) -> str | None:
+    """Why LoRA weights (their key -> shape) do not fit `transformer`, or None: peft would skip layers the model
+    lacks with a warning (a silently partial LoRA) and fail on other sizes with a page of size mismatches."""
+    modules = dict(transformer.named_modules())
+    for key, shape in shapes.items():
+        name, separator, kind = key.removeprefix("transformer.").partition(".lora_")
+        if not separator or kind[:1] not in ("A", "B"):
+            continue
+        if name not in modules:
+            return f"that model has no layer {name}"
+        layer = getattr(modules[name], "base_layer", modules[name])  # a layer that already carries a LoRA
+        # lora_A reads the layer's input features, lora_B writes its output features. Read from the layer's
+        # attributes rather than its weight, whose shape a quantised (4-bit) layer packs.
+        if kind[0] == "A":
+            found, expected = shape[1], getattr(layer, "in_features", getattr(layer, "in_channels", None))
+        else:
+            found, expected = shape[0], getattr(layer, "out_features", getattr(layer, "out_channels", None))
+        if expected is not None and found != expected:
+            return f"it adapts {name} for {found} features, that model's layer has {expected}"
+    return None
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -743,6 +765,19 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         if "transformer" not in kwargs and getattr(pipeline, "transformer", None) is not None:
             kwargs["transformer"] = pipeline.transformer
         return super().from_pipe(pipeline, **kwargs)
+
+    @classmethod
+    def load_lora_into_transformer(cls, state_dict, transformer, **kwargs):
+        """`QwenImageLoraLoaderMixin.load_lora_into_transformer` (behind `load_lora_weights`), after checking that
+        the LoRA fits: one clear error for a LoRA made for another model, instead of a partial LoRA or a page of
+        size mismatches."""
+        problem = lora_mismatch(transformer, {key: tuple(value.shape) for key, value in state_dict.items()})
+        if problem is not None:
+            raise ValueError(
+                f"this LoRA does not fit the pipeline's transformer: {problem}. A LoRA works only with the model it "
+                "was trained on (its training_args.json names it)."
+            )
+        return super().load_lora_into_transformer(state_dict, transformer=transformer, **kwargs)
 
     @classmethod
     def lora_state_dict(cls, pretrained_model_name_or_path_or_dict, **kwargs):

@@ -276,3 +276,20 @@ def test_a_lora_that_does_not_fit_the_base_is_one_clear_error(lora_dir, tmp_path
     # Without --model, the base the LoRA records is used.
     assert main(["export", str(tmp_path / "out"), "--lora", str(deeper_lora), "--fuse"]) == 0
     assert f"exported {deeper} + LoRA" in capsys.readouterr().out
+
+    # The Python API refuses both the same way, in one line, and leaves the pipeline as it was.
+    for base, lora, problem in (
+        (shallow, deeper_lora, r"that model has no layer transformer_blocks\.2\.attn\.to_q"),
+        (wider, lora_dir, r"it adapts transformer_blocks\.0\.attn\.to_\w for 32 features, that model's layer has 16"),
+    ):
+        pipe = TEASRPipeline.from_pretrained(base)
+        pipe.set_progress_bar_config(disable=True)
+        image = np.asarray(random_photo(8, 10, seed=4))
+        before = _run(pipe, image)
+        with pytest.raises(
+            ValueError, match=rf"^this LoRA does not fit the pipeline's transformer: {problem}\. "
+        ) as raised:
+            pipe.load_lora_weights(lora)
+        assert "\n" not in str(raised.value)
+        assert not getattr(pipe.transformer, "peft_config", None)
+        np.testing.assert_array_equal(_run(pipe, image), before)
