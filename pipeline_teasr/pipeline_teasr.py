@@ -210,6 +210,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             prompt_template_drop_tokens=prompt_template_drop_tokens,
         )
         self._interrupt = False
+        self._num_timesteps = 0
 
     # ------------------------------------------------------------------ latent space
     @property
@@ -228,6 +229,11 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
     @property
     def interrupt(self) -> bool:
         return self._interrupt
+
+    @property
+    def num_timesteps(self) -> int:
+        """Sampling steps of the current (or last) call, as diffusers pipelines expose them to callbacks."""
+        return self._num_timesteps
 
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> normalised latents (the identity map to [-1, 1] in pixel space)."""
@@ -517,6 +523,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         if prompt is not None:
             prompt_embeds, prompt_embeds_mask = self.encode_prompt(prompt, device)
         self._interrupt = False
+        self._num_timesteps = num_inference_steps
 
         outputs, nfe = [], 0
         for index, (item, size) in enumerate(zip(decomposed, sizes)):

@@ -219,11 +219,12 @@ def test_callback_sees_each_step(tiny_pipeline):
     seen = []
 
     def callback(pipe, step, t, kwargs):
-        seen.append((step, round(t, 3), tuple(kwargs["latents"].shape)))
+        seen.append((step, round(t, 3), tuple(kwargs["latents"].shape), pipe.num_timesteps))
         return {}
 
     _run(tiny_pipeline, random_photo(8, 8), num_inference_steps=4, callback_on_step_end=callback)
     assert [s[:2] for s in seen] == [(0, 1.0), (1, 0.75), (2, 0.5), (3, 0.25)]
+    assert {s[3] for s in seen} == {4}  # diffusers' PipelineCallback reads the step count here
 
 
 @pytest.mark.parametrize(

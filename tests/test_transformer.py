@@ -235,3 +235,24 @@ def test_conv_path_config_errors_are_clear():
     with pytest.raises(ValueError, match="already has a conv path"):
         model.enable_conv_path(16, 1)
     model.enable_conv_path(8, 1)  # the same shape again is a no-op
+
+
+def test_diffusers_attention_api_and_layerwise_casting():
+    """What diffusers users do with Qwen-Image's transformer works here too: list and swap attention processors,
+    and store the weights in float8 with layerwise casting (a memory saver for large models)."""
+    from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
+
+    torch.manual_seed(0)
+    model = TEASRTransformer2DModel(**QWEN_TINY).eval()
+    z, c = _inputs()
+    with torch.no_grad():
+        expected = model(z, c, 0.5, 0.1).sample
+        processors = model.attn_processors
+        assert len(processors) == QWEN_TINY["num_layers"]
+        model.set_attn_processor(QwenDoubleStreamAttnProcessor2_0())
+        torch.testing.assert_close(model(z, c, 0.5, 0.1).sample, expected)
+        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+        assert model.img_in.weight.dtype == torch.float8_e4m3fn
+        cast = model(z, c, 0.5, 0.1).sample
+    assert cast.dtype == torch.float32
+    assert 0 < (cast - expected).abs().max() < 0.1 * expected.abs().max()  # float8 weights: close, not equal

@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.attention import AttentionMixin
+from diffusers.models.modeling_utils import ModelMixin, get_parameter_dtype
 from diffusers.models.normalization import AdaLayerNormContinuous, RMSNorm
 from diffusers.models.transformers.transformer_qwenimage import (
     QwenEmbedRope,
@@ -162,7 +163,7 @@ def _as_batch_timestep(value: float | torch.Tensor, batch_size: int, device: tor
     return t
 
 
-class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
+class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
     """
     Dual-branch diffusion transformer of TEASR, built from diffusers' Qwen-Image blocks.
 
@@ -400,7 +401,8 @@ class TEASRTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         noisy_tokens = pack_latents(hidden_states, p)
         lq_tokens = pack_latents(lq_hidden_states, p)
         num_noisy = noisy_tokens.shape[1]
-        tokens = self.img_in(torch.cat([noisy_tokens, lq_tokens], dim=1).to(self.img_in.weight.dtype))
+        # img_in's compute dtype: its weight's, or with layerwise casting the dtype its (narrower) weights are cast to
+        tokens = self.img_in(torch.cat([noisy_tokens, lq_tokens], dim=1).to(get_parameter_dtype(self.img_in)))
         # One embedding per branch: rows [:B] from t (noisy + text tokens), rows [B:] from s (LQ tokens).
         temb = self.time_text_embed(torch.cat([t, s], dim=0).to(tokens.dtype), tokens)
 
