@@ -5,6 +5,7 @@ A leaf module: exported Hub folders carry a copy."""
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import warnings
@@ -53,14 +54,21 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> PIL.Im
             with PIL.Image.open(name) as opened:
                 width, height = opened.size
                 if max_pixels is not None and width * height > max_pixels:
-                    raise ValueError(f"image {name} is {width}x{height}, above the input limit of {max_pixels} pixels")
+                    fit = math.sqrt(max_pixels / (width * height))
+                    raise ValueError(
+                        f"image {name} is {width}x{height}, above the input limit of {max_pixels:,} pixels: downscale "
+                        f"it first, e.g. to {max(1, int(width * fit))}x{max(1, int(height * fit))}"
+                    )
                 opened.seek(0)
                 image = PIL.ImageOps.exif_transpose(opened)
                 image.load()
     except ValueError:
         raise
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
-        raise ValueError(f"image {name} is too large to decode safely ({error})") from None
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        # Pillow refuses before the size can be read: it is above its own limit, so above any input limit too.
+        limit = PIL.Image.MAX_IMAGE_PIXELS
+        within = f"above the input limit of {max_pixels:,}" if max_pixels and max_pixels < limit else "too many"
+        raise ValueError(f"image {name} has more than {limit:,} pixels, {within}: downscale it first") from None
     except (OSError, SyntaxError, PIL.UnidentifiedImageError) as error:
         raise ValueError(f"cannot read image {name}: {error}") from None
     if image.width == 0 or image.height == 0:

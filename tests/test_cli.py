@@ -532,3 +532,23 @@ def test_a_bad_option_is_reported_once_for_a_folder_not_once_per_photo(run_cli, 
         random_photo(8, 8, seed=index).save(photos / f"p{index}.png")
     code, _, err = run_cli(str(photos), "-o", str(tmp_path / "out"), "--steps", "0")
     assert code == 2 and err == "teasr: error: --steps must be an integer >= 1, got 0.\n", err
+
+
+def test_an_image_above_the_input_limit_is_refused_with_a_size_to_aim_for(tmp_path):
+    from pipeline_teasr.image_processing_teasr import load_image
+
+    large = tmp_path / "large.png"
+    random_photo(200, 300).save(large)  # 300 wide, 200 high
+    with pytest.raises(ValueError, match=r"is 300x200, above the input limit of 40,000 pixels: downscale it first, "):
+        load_image(large, max_pixels=40_000)
+    suggested = str(pytest.raises(ValueError, load_image, large, max_pixels=40_000).value).rsplit(" ", 1)[-1]
+    width, height = map(int, suggested.split("x"))
+    assert width * height <= 40_000 and abs(width / height - 1.5) < 0.02  # same shape, within the limit
+    # Pillow refuses a 60000 x 60000 header before its size can be checked: the message still says what to do
+    bomb = tmp_path / "bomb.png"
+    _png_header_only(bomb, 60000, 60000)
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ValueError, match=rf"has more than {limit:,} pixels, above the input limit of 40,000: "):
+        load_image(bomb, max_pixels=40_000)
+    with pytest.raises(ValueError, match=rf"has more than {limit:,} pixels, too many: downscale it first$"):
+        load_image(bomb)

@@ -221,7 +221,7 @@ def test_bad_inputs_are_rejected_friendly_and_the_app_lives_on(
         client.predict(handle_file(str(text_file)), 1, 2, 1.0, 0, api_name="/upscale")
 
     too_big = photo(tmp_path, "big.png", 250, 250)
-    with pytest.raises(AppError, match=r"above the input limit of 40000 pixels"):
+    with pytest.raises(AppError, match=r"above the input limit of 40,000 pixels: downscale it first, e.g. to 200x200"):
         client.predict(handle_file(too_big), 1, 2, 1.0, 0, api_name="/upscale")
 
     small = photo(tmp_path, "ok.png", 16, 16)
