@@ -59,6 +59,8 @@ COMPARE_STEPS = (1, 2, 4, 8)
 MAX_SCALE = 8.0
 FALLBACK_TILE_SIZE = 256
 MAX_TILE_SIZE = 1024
+MAX_SEED = 2**32 - 1  # exact in the browser's numbers (floats), unlike 2**63
+MAX_UNTILED_OUTPUT_PIXELS = 512 * 512  # tile 0 runs one attention over the whole image and holds the model lock
 PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
 OUTPUT_MAX_AGE_S = 3600.0
 UPLOAD_ERROR = "Cannot use this image"
@@ -126,7 +128,7 @@ def _number(value: Any, name: str) -> float:
 
 
 def _integer(value: Any, name: str, low: int, high: int) -> int:
-    number = _number(value, name)
+    number = value if isinstance(value, int) and not isinstance(value, bool) else _number(value, name)  # ints exact
     if number != int(number) or not low <= number <= high:
         raise gr.Error(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
     return int(number)
@@ -148,7 +150,7 @@ def parse_settings(
         steps=_integer(steps, "Steps", 1, MAX_STEPS),
         scale=scale_value,
         start_timestep=start_value,
-        seed=_integer(seed, "Seed", 0, 2**63 - 1),
+        seed=_integer(seed, "Seed", 0, MAX_SEED),
         tile_size=_integer(tile_size, "Tile size", 0, MAX_TILE_SIZE),
         start=start,
     )
@@ -187,12 +189,19 @@ def read_upload(payload: Any) -> Upload:
 
 def check_output_size(image: PIL.Image.Image, settings: Settings) -> tuple[int, int]:
     try:
-        return TEASRPipeline.output_size(image.height, image.width, settings.scale, MAX_OUTPUT_PIXELS)
+        height, width = TEASRPipeline.output_size(image.height, image.width, settings.scale, MAX_OUTPUT_PIXELS)
     except ValueError:
         raise gr.Error(
             f"{image.width}x{image.height} at x{settings.scale:g} would be larger than this Space's limit of "
             f"{MAX_OUTPUT_PIXELS:,} output pixels; lower the upscale factor or use a smaller image."
         ) from None
+    if settings.tile_size == 0 and height * width > MAX_UNTILED_OUTPUT_PIXELS:
+        raise gr.Error(
+            f"Tile size 0 (off) upscales the whole image at once: slow, and others wait meanwhile. Here it is "
+            f"kept to outputs of up to {MAX_UNTILED_OUTPUT_PIXELS:,} pixels, and this one has {height * width:,}: "
+            "set a tile size."
+        )
+    return height, width
 
 
 # ---------------------------------------------------------------------------------------------------- model calls
@@ -287,12 +296,12 @@ def start_label(start: str) -> str:
 
 def describe(sample: Sample, source: PIL.Image.Image, settings: Settings, pipe: TEASRPipeline) -> str:
     steps = f"{sample.steps} step" + ("s" if sample.steps > 1 else "")
+    seed = f"seed {settings.seed} · " if settings.start == "noise" else ""  # the LQ start has no noise
     return (
         f"**{sample.image.width}×{sample.image.height}** from {source.width}×{source.height} · {steps} · "
         f"**{sample.nfe} NFE** (network evaluations) · **{sample.seconds:.2f} s** on {pipe.device.type} "
         f"({str(pipe.transformer.dtype).removeprefix('torch.')}) · from {start_label(settings.start)}, "
-        f"T = {settings.start_timestep:g} · "
-        f"seed {settings.seed} · tile {settings.tile_size or 'off'}"
+        f"T = {settings.start_timestep:g} · {seed}tile {settings.tile_size or 'off'}"
     )
 
 
@@ -301,9 +310,13 @@ HEADER = """
 # TEASR: any-step diffusion super-resolution
 One dual-branch diffusion transformer that upscales real-world photos in **any number of steps** from the same
 weights. Upload a photo or pick an example, choose the steps, and compare the result with the input.
-*Start from the LQ image* runs the model on the input itself (deterministic; T below 1 stays closer to the input);
-*start from noise* samples (the seed matters; a lower T stays closer to the input, 1 generates the most).
 """
+START_HELP = {
+    "lq": "*Start from the LQ image* runs the model on the input itself (deterministic; T below 1 stays closer to the "
+    "input).",
+    "noise": "*Start from noise* samples (the seed matters; a lower T stays closer to the input, 1 generates the "
+    "most).",
+}
 
 API_DOC = """
 **API.** `/upscale` takes `(image, steps, scale, start_timestep, seed, start)` (`start`: `"lq"` or `"noise"`, one
@@ -333,6 +346,7 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
     default_start_from, default_start = pipe.resolve_start(None, None)
     store = OutputStore(Path(tempfile.gettempdir()) / "teasr-space")
     model_name = display_name(pipe)
+    samples_noise = "noise" in pipe.supported_starts
 
     @gpu(duration=60)
     def sample_gpu(image: PIL.Image.Image, settings: Settings) -> Sample:
@@ -362,7 +376,9 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
     ) -> tuple[tuple[str, str], gr.DownloadButton, str, gr.Tabs]:
         settings = parse_settings(steps, scale, start_timestep, seed, tile_size, start)
         upload, sample, before, after = upscale_files(image, settings)
-        download = gr.DownloadButton(f"Download full-size PNG ({sample.image.width}×{sample.image.height})", after)
+        download = gr.DownloadButton(
+            f"Download full-size PNG ({sample.image.width}×{sample.image.height})", after, visible=True
+        )
         return (before, after), download, describe(sample, upload.image, settings, pipe), gr.Tabs(selected="result")
 
     def compare_steps(
@@ -378,7 +394,7 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
         for sample in samples:
             path = save_png(sample.image, folder, f"{file_stem(upload.name)}_{sample.steps}step.png")
             plural = "s" if sample.steps > 1 else ""
-            gallery.append((path, f"{sample.steps} step{plural} · {sample.seconds:.2f} s"))
+            gallery.append((path, f"{sample.steps} step{plural}"))  # times are in the table: captions stay short
             rows.append(
                 f"| {sample.steps} | {sample.nfe} | {sample.seconds:.2f} s | "
                 f"{sample.image.width}×{sample.image.height} |"
@@ -388,7 +404,9 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
     with gr.Blocks(
         title="TEASR any-step super-resolution", analytics_enabled=False, delete_cache=(1800, 3600)
     ) as demo:
-        gr.Markdown(HEADER)
+        gr.Markdown(
+            HEADER + " ".join(START_HELP[value] for _, value in START_CHOICES if value in pipe.supported_starts)
+        )
         with gr.Row(equal_height=False):
             with gr.Column(scale=2):
                 image = gr.Image(
@@ -401,7 +419,9 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
                 )
                 if EXAMPLES:
                     gr.Examples(examples=[[path] for path in EXAMPLES], inputs=[image], label="Example photos")
-                steps = gr.Slider(1, MAX_STEPS, value=1, step=1, label="Steps", info="network calls per tile")
+                steps = gr.Slider(
+                    1, MAX_STEPS, value=1, step=1, label="Steps", info="same weights at every step count"
+                )
                 scale = gr.Slider(1, MAX_SCALE, value=4, step=0.5, label="Upscale factor", elem_id="scale")
                 start_from = gr.Radio(
                     [(label, value) for label, value in START_CHOICES if value in pipe.supported_starts],
@@ -409,6 +429,7 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
                     label="Start from",
                     info="LQ image: deterministic restoration · noise: sampling (the seed matters)",
                     elem_id="start-from",
+                    visible=samples_noise,  # a single start needs no choice
                 )
                 start = gr.Slider(
                     0.01,
@@ -419,7 +440,7 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
                     info="lower: closer to the input (fidelity) · higher: more restoration or generation",
                 )
                 with gr.Row():
-                    seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                    seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", visible=samples_noise)
                     tile = gr.Slider(
                         0, MAX_TILE_SIZE, value=default_tile, step=16, label="Tile size", info="output px; 0 = off"
                     )
@@ -437,14 +458,15 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
                             elem_id="result-slider",
                         )
                         info = gr.Markdown(elem_id="result-info")
-                        download = gr.DownloadButton("Download full-size PNG", elem_id="download")
+                        download = gr.DownloadButton("Download full-size PNG", elem_id="download", visible=False)
                     with gr.Tab("Compare steps", id="compare"):
                         gallery = gr.Gallery(
-                            label="1 / 2 / 4 / 8 steps, same seed",
-                            columns=4,
+                            label="1 / 2 / 4 / 8 steps" + (", same seed" if samples_noise else ""),
+                            columns=2,
+                            rows=2,
                             format="png",
                             object_fit="contain",
-                            height="auto",
+                            height=660,  # two rows of two on a desktop; gradio would otherwise cut the second
                             elem_id="compare-gallery",
                         )
                         compare_info = gr.Markdown(elem_id="compare-info")
@@ -455,6 +477,13 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
             f"{', '.join(sorted(IMAGE_SUFFIXES))}). {API_DOC}"
         )
 
+        # A new input makes the shown result stale: clear it and hide its download, never pair it with the new photo.
+        image.change(
+            lambda: (None, gr.DownloadButton(visible=False), "", None, ""),
+            None,
+            [slider, download, info, gallery, compare_info],
+            api_visibility="private",
+        )
         common = dict(preprocess=False, concurrency_id="teasr")
         run.click(
             upscale_ui,

@@ -344,6 +344,27 @@ def test_start_slider_holds_the_embedded_models_default(monkeypatch: pytest.Monk
     assert start.minimum <= start.value <= start.maximum
     offered = [value for _, value in start_from.choices]
     assert offered == [value for _, value in app.START_CHOICES if value in pipe.supported_starts]
+    # teasr-mini starts from the LQ image only: no noise, so no seed and no choice of start are shown
+    seed = next(block for block in demo.blocks.values() if getattr(block, "label", None) == "Seed")
+    assert pipe.supported_starts == ("lq",) and not seed.visible and not start_from.visible
+    assert (
+        "seed" not in next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "compare-gallery").label
+    )
+
+
+def test_settings_the_browser_cannot_hold_or_that_would_block_others_are_refused(monkeypatch) -> None:
+    spec = importlib.util.spec_from_file_location("teasr_space_app", APP)
+    app = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, app)
+    spec.loader.exec_module(app)
+    assert app.parse_settings(1, 4, 1.0, 2**32 - 1, 64).seed == 2**32 - 1  # compared exactly, not as a float
+    with pytest.raises(app.gr.Error, match=r"Seed must be a whole number from 0 to 4294967295, got 4294967296"):
+        app.parse_settings(1, 4, 1.0, 2**32, 64)
+    small, large = PIL.Image.new("RGB", (128, 128)), PIL.Image.new("RGB", (129, 128))
+    assert app.check_output_size(small, app.parse_settings(1, 4, 1.0, 0, 0)) == (512, 512)  # untiled: fine
+    with pytest.raises(app.gr.Error, match=r"Tile size 0 \(off\) .* up to 262,144 pixels, and this one has 264,192"):
+        app.check_output_size(large, app.parse_settings(1, 4, 1.0, 0, 0))
+    assert app.check_output_size(large, app.parse_settings(1, 4, 1.0, 0, 64)) == (512, 516)  # tiled: fine
 
 
 def test_the_page_names_the_model_without_the_servers_paths(tiny_pipeline, tmp_path, monkeypatch) -> None:
