@@ -8,6 +8,7 @@ the run. Crops are drawn from `(seed, epoch, index)`, so a resumed run sees the 
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 DEGRADATIONS = ("light", "realesrgan", "bicubic")
+IMAGEFOLDER_METADATA = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+_REPORTED_UNREADABLE: set[str] = set()
+logger = logging.getLogger(__name__)
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
 
 
@@ -60,10 +64,21 @@ def load_image_dataset(
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise ValueError(f"--train_data_dir {train_data_dir!r} is not a folder.")
-        try:
-            dataset = load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
-        except EmptyDatasetError:
-            raise ValueError(f"--train_data_dir {train_data_dir!r} holds no image files.") from None
+        if any(os.path.isfile(os.path.join(train_data_dir, name)) for name in IMAGEFOLDER_METADATA):
+            # A metadata file (e.g. paired LQ columns) means 🤗 imagefolder's rules, which it defines.
+            try:
+                dataset = load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
+            except EmptyDatasetError:
+                raise ValueError(f"--train_data_dir {train_data_dir!r} holds no image files.") from None
+        else:
+            # Otherwise every image under the folder, whatever its subfolders are called: imagefolder would read
+            # 'train/' and 'test/' subfolders as splits (dropping photos) and refuse a 'val/' next to loose photos.
+            files = image_files(train_data_dir)
+            if not files:
+                raise ValueError(
+                    f"--train_data_dir {train_data_dir!r} holds no image files (.png, .jpg, .webp, .tif, ...)."
+                )
+            dataset = load_dataset("imagefolder", data_files={split: files}, split=split, cache_dir=cache_dir)
     else:
         try:
             dataset = load_dataset(
@@ -82,6 +97,40 @@ def load_image_dataset(
         if column is not None and features is not None and isinstance(features[column], Image):
             dataset = dataset.cast_column(column, Image(decode=False))
     return dataset
+
+
+def image_files(folder: str) -> list[str]:
+    """Every image file under `folder`, subfolders and linked folders included (each folder once), hidden ones
+    left out; sorted."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    found, seen = [], set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        found += [
+            os.path.join(root, name)
+            for name in names
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in ImageFolder.EXTENSIONS
+        ]
+    return sorted(found)
+
+
+def report_unreadable(value: Any, error: Exception) -> None:
+    """Say once per file (per process) which training image is skipped and why."""
+    if isinstance(value, dict):
+        name = value.get("path") or "an image given as bytes"
+    else:
+        name = (
+            os.fspath(value) if isinstance(value, (str, os.PathLike)) else f"an image given as {type(value).__name__}"
+        )
+    if name not in _REPORTED_UNREADABLE:
+        _REPORTED_UNREADABLE.add(name)
+        logger.warning(f"skipping training image {name}: {first_line(error)}")
 
 
 def decode_image(value: Any) -> PIL.Image.Image:
@@ -268,7 +317,8 @@ class SRCropDataset(_CropMixin, torch.utils.data.Dataset):
                         decode_image(row[self.image_column]),
                         decode_image(row[self.lq_column]) if self.lq_column else None,
                     )
-                except _DECODE_ERRORS:
+                except _DECODE_ERRORS as error:
+                    report_unreadable(row[self.image_column], error)
                     skipped.append(key)
                     continue
                 if self._decoded is not None:
@@ -331,7 +381,8 @@ class SRStreamingCropDataset(_CropMixin, torch.utils.data.IterableDataset):
                 hq = decode_image(row[self.image_column])
                 lq = decode_image(row[self.lq_column]) if self.lq_column else None
                 item = self._crop(hq, lq, key)
-            except _DECODE_ERRORS:
+            except _DECODE_ERRORS as error:
+                report_unreadable(row[self.image_column], error)
                 item = None
             if item is None:
                 skipped.append(key)

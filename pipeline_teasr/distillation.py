@@ -954,7 +954,14 @@ def add_common_training_args(parser: argparse.ArgumentParser) -> None:
     )
     add("--logging_dir", type=str, default="logs", help="TensorBoard folder, relative to --output_dir.")
     add("--tracker_project_name", type=str, default=None)
-    add("--validation_image", type=str, nargs="+", default=None, help="LQ image(s) upscaled at each validation.")
+    add(
+        "--validation_image",
+        type=str,
+        nargs="+",
+        action="extend",
+        default=None,
+        help="LQ image(s) upscaled at each validation (the flag may be repeated).",
+    )
     add("--validation_steps", type=int, default=500, help="Validate every this many steps (and at the end).")
     add("--validation_num_inference_steps", type=int, nargs="+", default=[1, 4])
     add("--validation_start_timestep", type=float, default=None, help="Default: the pipeline's start level.")
@@ -1615,8 +1622,11 @@ def run_training(
             final.save_pretrained(args.output_dir)
             if vae is not None:
                 vae.to(dtype=weight_dtype)
+        recorded = _flat_config(args)
+        if os.path.isdir(args.pretrained_model_name_or_path or ""):  # a local base, findable from any folder later
+            recorded["pretrained_model_name_or_path"] = os.path.abspath(args.pretrained_model_name_or_path)
         with open(os.path.join(args.output_dir, "training_args.json"), "w", encoding="utf-8") as handle:
-            json.dump(_flat_config(args), handle, indent=2)
+            json.dump(recorded, handle, indent=2)
         write_model_card(args, args.output_dir, objective.name, lora)
         log.info(f"Saved the final {'LoRA' if lora else 'pipeline'} to {args.output_dir}")
         run_validation(global_step)

@@ -168,7 +168,7 @@ def test_both_scripts_run_through_accelerate_launch(
         [
             *common_args(photo_folder, lora_out, str(tmp_path / "cache_lora"), steps=3, degradation="light"),
             "--pretrained_model_name_or_path",
-            tiny_pipeline_dir,
+            os.path.relpath(tiny_pipeline_dir, tmp_path),  # relative to the run's folder
             "--rank",
             "4",
             "--lora_alpha",
@@ -220,6 +220,9 @@ def test_both_scripts_run_through_accelerate_launch(
     pipe.load_lora_weights(str(lora_out))
     after = upscale(pipe, validation_image)
     assert (after - before).abs().max() > 1e-4
+    # The base is recorded so that it is found from any folder later (teasr export, the LoRA hint).
+    recorded = json.loads((lora_out / "training_args.json").read_text())["pretrained_model_name_or_path"]
+    assert recorded == os.path.abspath(tiny_pipeline_dir)
     # Critic heads are saved apart; the checkpoint is complete; validation ran at 1 and 4 steps.
     heads = CriticHeads.from_pretrained(lora_out / "critic_heads")
     assert heads.block_indices == (0, 1) and heads.hidden_dim == tiny_pipeline.transformer.inner_dim
@@ -699,6 +702,40 @@ def test_dataset_skips_corrupt_upsizes_small_and_is_seeded(photo_folder, hf_cach
         load_image_dataset(cache_dir=hf_cache)
 
 
+def test_every_photo_under_the_folder_is_used_whatever_its_subfolders_are_called(tmp_path, hf_cache, caplog):
+    """imagefolder's rules read 'train/' and 'test/' subfolders as splits (dropping the test photos) and refuse a
+    'val/' next to loose photos; a training folder means all of its photos, linked folders included."""
+    folder = tmp_path / "my photos"
+    for index, relative in enumerate(["beach.png", "val/city.png", "train/dog.jpg", "test/cat.png", "a/b/tree.webp"]):
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        random_photo(40, 40, seed=index).save(folder / relative)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    random_photo(40, 40, seed=9).save(elsewhere / "linked.png")
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "linked" / "loop").symlink_to(folder, target_is_directory=True)  # a cycle is walked once
+    (folder / "notes.txt").write_text("not a photo")
+    (folder / ".thumbnails").mkdir()
+    random_photo(8, 8).save(folder / ".thumbnails" / "beach.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+    dataset = load_image_dataset(train_data_dir=str(folder), cache_dir=hf_cache)
+    names = sorted(os.path.basename(row["image"]["path"]) for row in dataset)
+    assert names == ["beach.png", "broken.png", "cat.png", "city.png", "dog.jpg", "linked.png", "tree.webp"]
+    crops = SRCropDataset(dataset, resolution=32, scale=4, seed=0)
+    with caplog.at_level("WARNING", logger="pipeline_teasr.data"):
+        skipped = collate_sr_batch([crops[i] for i in range(len(crops))])["skipped"]
+    assert len(skipped) == 1  # the broken file, named once
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage().startswith(f"skipping training image {folder / 'broken.png'}: ")
+
+    only_text = tmp_path / "notes"
+    only_text.mkdir()
+    (only_text / "a.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"^--train_data_dir '.*notes' holds no image files \(\.png, \.jpg"):
+        load_image_dataset(train_data_dir=str(only_text), cache_dir=hf_cache)
+
+
 def test_min_crop_gradient_redraws_flat_crops(tmp_path):
     from datasets import Dataset, Image
 
@@ -843,3 +880,11 @@ def test_every_documented_training_command_parses_and_passes_the_flag_checks(tmp
         args.validation_image = [str(ROOT / "examples" / "astronaut_lq.png")] if args.validation_image else None
         args.output_dir = str(tmp_path / f"run{index}")
         check_common_args(args)  # e.g. a warm-up that the schedule would ignore
+
+
+def test_validation_image_may_be_repeated():
+    parse = script_module("train_flow_sr").parse_args
+    flags = ["--train_data_dir", "photos", "--output_dir", "out", "--full_finetune"]
+    repeated = parse([*flags, "--validation_image", "a.png", "--validation_image", "b.png"]).validation_image
+    assert repeated == ["a.png", "b.png"]  # the last one alone was kept
+    assert parse([*flags, "--validation_image", "a.png", "b.png"]).validation_image == ["a.png", "b.png"]
