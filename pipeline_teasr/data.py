@@ -35,7 +35,7 @@ __all__ = [
 
 DEGRADATIONS = ("light", "realesrgan", "bicubic")
 IMAGEFOLDER_METADATA = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
-_REPORTED_UNREADABLE: set[str] = set()
+_REPORTED: set[tuple[str, str]] = set()
 logger = logging.getLogger(__name__)
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError)
 
@@ -120,17 +120,32 @@ def image_files(folder: str) -> list[str]:
     return sorted(found)
 
 
+def _source_name(value: Any) -> str:
+    """A dataset cell's file path, for messages."""
+    if isinstance(value, dict):
+        return value.get("path") or "an image given as bytes"
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    return f"an image given as {type(value).__name__}"
+
+
+def _report_once(value: Any, message: str) -> None:
+    """Log `message` (about the training image `value`, named first) once per file and process."""
+    name = _source_name(value)
+    if (name, message) not in _REPORTED:
+        _REPORTED.add((name, message))
+        logger.warning(f"training image {name}: {message}")
+
+
 def report_unreadable(value: Any, error: Exception) -> None:
     """Say once per file (per process) which training image is skipped and why."""
-    if isinstance(value, dict):
-        name = value.get("path") or "an image given as bytes"
-    else:
-        name = (
-            os.fspath(value) if isinstance(value, (str, os.PathLike)) else f"an image given as {type(value).__name__}"
-        )
-    if name not in _REPORTED_UNREADABLE:
-        _REPORTED_UNREADABLE.add(name)
-        logger.warning(f"skipping training image {name}: {first_line(error)}")
+    _report_once(value, f"skipped: {first_line(error)}")
+
+
+def _has_transparent_pixels(image: PIL.Image.Image) -> bool:
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return False
+    return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
 
 
 def decode_image(value: Any) -> PIL.Image.Image:
@@ -147,6 +162,12 @@ def decode_image(value: Any) -> PIL.Image.Image:
     else:
         raise ValueError(f"cannot read an image from a {type(value).__name__}")
     image.load()
+    if _has_transparent_pixels(image):
+        _report_once(
+            value,
+            "has transparent pixels, which are trained as the colour stored under them (often black); flatten it "
+            "onto a background or leave it out",
+        )
     image = PIL.ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float32)

@@ -727,7 +727,7 @@ def test_every_photo_under_the_folder_is_used_whatever_its_subfolders_are_called
         skipped = collate_sr_batch([crops[i] for i in range(len(crops))])["skipped"]
     assert len(skipped) == 1  # the broken file, named once
     assert len(caplog.records) == 1
-    assert caplog.records[0].getMessage().startswith(f"skipping training image {folder / 'broken.png'}: ")
+    assert caplog.records[0].getMessage().startswith(f"training image {folder / 'broken.png'}: skipped: ")
 
     only_text = tmp_path / "notes"
     only_text.mkdir()
@@ -888,3 +888,41 @@ def test_validation_image_may_be_repeated():
     repeated = parse([*flags, "--validation_image", "a.png", "--validation_image", "b.png"]).validation_image
     assert repeated == ["a.png", "b.png"]  # the last one alone was kept
     assert parse([*flags, "--validation_image", "a.png", "b.png"]).validation_image == ["a.png", "b.png"]
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    message = "None of the 1 training images could be read (or all are too small)."
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int):
+        raise ValueError(self.message)
+
+
+def test_an_error_in_a_data_loader_worker_is_reported_as_its_own_message():
+    from pipeline_teasr.errors import training_error_message
+
+    loader = torch.utils.data.DataLoader(_Unreadable(), num_workers=1)
+    with pytest.raises(ValueError) as raised:
+        next(iter(loader))
+    assert "Original Traceback" in str(raised.value)  # torch's wrapping, a page long
+    assert training_error_message(raised.value) == _Unreadable.message
+    assert training_error_message(ValueError("plain\nmessage")) == "plain\nmessage"
+
+
+def test_a_photo_with_transparent_pixels_is_named_once(tmp_path, caplog):
+    cutout = np.zeros((16, 16, 4), dtype=np.uint8)
+    cutout[:, 8:] = 200  # right half opaque grey, left half transparent (stored black)
+    PIL.Image.fromarray(cutout, "RGBA").save(tmp_path / "cutout.png")
+    opaque = cutout.copy()
+    opaque[..., 3] = 255
+    PIL.Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
+    with caplog.at_level("WARNING", logger="pipeline_teasr.data"):
+        for _ in range(3):
+            assert decode_image(str(tmp_path / "cutout.png")).mode == "RGB"
+            decode_image({"path": str(tmp_path / "opaque.png"), "bytes": None})
+    assert [record.getMessage() for record in caplog.records] == [
+        f"training image {tmp_path / 'cutout.png'}: has transparent pixels, which are trained as the colour stored "
+        "under them (often black); flatten it onto a background or leave it out"
+    ]

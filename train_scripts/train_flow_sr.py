@@ -30,6 +30,7 @@ from pipeline_teasr.distillation import (
     load_vae,
     run_training,
 )
+from pipeline_teasr.errors import training_error_message
 from pipeline_teasr.transformer_teasr import SMALL_PIXEL_CONFIG
 
 
@@ -133,5 +134,5 @@ if __name__ == "__main__":
     try:
         main(parse_args())
     except (ValueError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {training_error_message(error)}", file=sys.stderr)
         sys.exit(1)

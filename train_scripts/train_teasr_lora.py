@@ -39,6 +39,7 @@ from pipeline_teasr.distillation import (
     parse_critic_blocks,
     run_training,
 )
+from pipeline_teasr.errors import training_error_message
 from pipeline_teasr.losses import CriticHeads
 
 
@@ -211,5 +212,5 @@ if __name__ == "__main__":
     try:
         main(parse_args())
     except (ValueError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {training_error_message(error)}", file=sys.stderr)
         sys.exit(1)
