@@ -79,6 +79,8 @@ def load_image_dataset(
                     f"--train_data_dir {train_data_dir!r} holds no image files (.png, .jpg, .webp, .tif, ...)."
                 )
             dataset = load_dataset("imagefolder", data_files={split: files}, split=split, cache_dir=cache_dir)
+    elif _saved_to_disk(dataset_name):
+        dataset = _load_saved_dataset(dataset_name, split, streaming)
     else:
         try:
             dataset = load_dataset(
@@ -97,6 +99,25 @@ def load_image_dataset(
         if column is not None and features is not None and isinstance(features[column], Image):
             dataset = dataset.cast_column(column, Image(decode=False))
     return dataset
+
+
+def _saved_to_disk(name: str) -> bool:
+    """Whether `name` is a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
+    return os.path.isfile(os.path.join(name, "dataset_dict.json")) or (
+        os.path.isfile(os.path.join(name, "state.json")) and os.path.isfile(os.path.join(name, "dataset_info.json"))
+    )
+
+
+def _load_saved_dataset(name: str, split: str, streaming: bool):
+    """`datasets.load_from_disk` (`load_dataset` refuses such folders), the split picked from a DatasetDict."""
+    from datasets import DatasetDict, load_from_disk
+
+    dataset = load_from_disk(name)
+    if isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"--dataset_name {name!r} has no split {split!r}; its splits are {sorted(dataset)}.")
+        dataset = dataset[split]
+    return dataset.to_iterable_dataset() if streaming else dataset
 
 
 def image_files(folder: str) -> list[str]:

@@ -926,3 +926,21 @@ def test_a_photo_with_transparent_pixels_is_named_once(tmp_path, caplog):
         f"training image {tmp_path / 'cutout.png'}: has transparent pixels, which are trained as the colour stored "
         "under them (often black); flatten it onto a background or leave it out"
     ]
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_dataset_saved_with_save_to_disk_loads_by_its_folder(tmp_path, hf_cache, as_dict):
+    from datasets import Dataset, DatasetDict, Image
+
+    photos = [str(tmp_path / f"p{i}.png") for i in range(3)]
+    for i, path in enumerate(photos):
+        random_photo(40, 40, seed=i).save(path)
+    dataset = Dataset.from_dict({"image": photos}).cast_column("image", Image())
+    folder = tmp_path / "saved"
+    (DatasetDict({"train": dataset}) if as_dict else dataset).save_to_disk(str(folder))
+    loaded = load_image_dataset(dataset_name=str(folder), cache_dir=hf_cache)  # load_dataset refuses this folder
+    crops = SRCropDataset(loaded, resolution=32, scale=4, seed=0)
+    assert len(crops) == 3 and crops[0]["pixel_values"].shape == (3, 32, 32)
+    if as_dict:
+        with pytest.raises(ValueError, match=r"has no split 'validation'; its splits are \['train'\]"):
+            load_image_dataset(dataset_name=str(folder), split="validation", cache_dir=hf_cache)
