@@ -243,6 +243,8 @@ def test_alpha_16_bit_cmyk_and_wide_gamut_inputs_come_back_as_png(client: Client
         "gray16.png": ("I;16", None, "I;16", False),
         "cmyk.jpg": ("CMYK", "CMYK", "RGB", False),  # a CMYK profile does not describe the RGB output
         "p3.jpg": ("RGB", "RGB", "RGB", True),
+        "palette.png": ("P", None, "RGB", False),  # full colour, not the upscale re-quantised to 256 colours
+        "bilevel.png": ("1", None, "L", False),  # grey, not dithered black and white
     }
     for name, (mode, space, expected_mode, keeps_profile) in cases.items():
         path = tmp_path / name
