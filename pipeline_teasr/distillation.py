@@ -1141,7 +1141,15 @@ def _make_optimizer(args: argparse.Namespace, groups: list[dict]) -> torch.optim
 
 def write_model_card(args: argparse.Namespace, output_dir: str, kind: str, lora: bool) -> str:
     """A README.md with YAML front matter describing what was trained and how to load it."""
+    from .pipeline_teasr import looks_like_local_path
+
     base = args.pretrained_model_name_or_path or "trained from scratch"
+    local = os.path.isdir(base) or looks_like_local_path(base)
+    if os.path.isdir(base):
+        base = os.path.abspath(base)
+    # The Hub accepts only a model id as `base_model`: none for a local folder or a model trained from scratch.
+    base_model = f"base_model: {base}\n" if args.pretrained_model_name_or_path and not local else ""
+    lora_tag = "- lora\n" if lora else ""
     load = (
         "pipe = TEASRPipeline.from_pretrained(BASE)\npipe.load_lora_weights(REPO)"
         if lora
@@ -1157,15 +1165,13 @@ def write_model_card(args: argparse.Namespace, output_dir: str, kind: str, lora:
     text = f"""---
 license: apache-2.0
 library_name: diffusers
-base_model: {base}
-tags:
+{base_model}tags:
 - super-resolution
 - image-to-image
 - diffusers
 - diffusers-training
 - teasr
-{"- lora" if lora else ""}
----
+{lora_tag}---
 
 # {title}
 

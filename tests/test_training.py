@@ -944,3 +944,27 @@ def test_a_dataset_saved_with_save_to_disk_loads_by_its_folder(tmp_path, hf_cach
     if as_dict:
         with pytest.raises(ValueError, match=r"has no split 'validation'; its splits are \['train'\]"):
             load_image_dataset(dataset_name=str(folder), split="validation", cache_dir=hf_cache)
+
+
+@pytest.mark.parametrize(
+    "base, expected",
+    [("someone/teasr-qwen-flow-base", "someone/teasr-qwen-flow-base"), ("LOCAL", None), (None, None)],
+)
+def test_the_model_card_names_a_hub_base_model_only(tmp_path, base, expected):
+    """The Hub refuses a README whose base_model is not a model id (a local path, 'trained from scratch')."""
+    import argparse
+
+    import yaml
+
+    from pipeline_teasr.distillation import write_model_card
+
+    if base == "LOCAL":
+        base = str(tmp_path / "my-base")
+        os.makedirs(base)
+    args = argparse.Namespace(pretrained_model_name_or_path=base, hub_model_id=None, scale=4, max_train_steps=10)
+    text = Path(write_model_card(args, str(tmp_path), "teasr", lora=True)).read_text()
+    metadata = yaml.safe_load(text.split("---")[1])
+    assert metadata.get("base_model") == expected
+    assert metadata["tags"][-1] == "lora" and metadata["library_name"] == "diffusers"
+    if base is not None:
+        assert f'BASE, REPO = "{base}"' in text  # the snippet loads the base from where it is
