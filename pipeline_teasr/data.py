@@ -55,7 +55,7 @@ def load_image_dataset(
     Raises `ValueError` (before any training) when neither or both sources are given, the folder is missing, or a
     requested column does not exist.
     """
-    from datasets import Image, load_dataset
+    from datasets import Dataset, Image, load_dataset
     from datasets.data_files import EmptyDatasetError
     from datasets.exceptions import DatasetNotFoundError
 
@@ -64,7 +64,7 @@ def load_image_dataset(
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise ValueError(f"--train_data_dir {train_data_dir!r} is not a folder.")
-        if any(os.path.isfile(os.path.join(train_data_dir, name)) for name in IMAGEFOLDER_METADATA):
+        if _has_imagefolder_metadata(train_data_dir):
             # A metadata file (e.g. paired LQ columns) means 🤗 imagefolder's rules, which it defines.
             try:
                 dataset = load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
@@ -78,7 +78,8 @@ def load_image_dataset(
                 raise ValueError(
                     f"--train_data_dir {train_data_dir!r} holds no image files (.png, .jpg, .webp, .tif, ...)."
                 )
-            dataset = load_dataset("imagefolder", data_files={split: files}, split=split, cache_dir=cache_dir)
+            # The paths themselves, not data_files, which datasets would read as glob patterns ('photo[1].png').
+            dataset = Dataset.from_dict({"image": files}).cast_column("image", Image(decode=False))
     elif _saved_to_disk(dataset_name):
         dataset = _load_saved_dataset(dataset_name, split, streaming)
     else:
@@ -120,6 +121,11 @@ def _load_saved_dataset(name: str, split: str, streaming: bool):
     return dataset.to_iterable_dataset() if streaming else dataset
 
 
+def _has_imagefolder_metadata(folder: str) -> bool:
+    """Whether a metadata file lies anywhere under `folder` (imagefolder's layout allows e.g. train/metadata.jsonl)."""
+    return any(set(names) & set(IMAGEFOLDER_METADATA) for _, _, names in os.walk(folder))
+
+
 def image_files(folder: str) -> list[str]:
     """Every image file under `folder`, subfolders and linked folders included (each folder once), hidden ones
     left out; sorted."""
@@ -133,11 +139,14 @@ def image_files(folder: str) -> list[str]:
             continue
         seen.add(real)
         folders[:] = sorted(name for name in folders if not name.startswith("."))
-        found += [
-            os.path.join(root, name)
-            for name in names
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in ImageFolder.EXTENSIONS
-        ]
+        for name in names:
+            path = os.path.join(root, name)
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in ImageFolder.EXTENSIONS:
+                continue
+            if os.path.isfile(path):
+                found.append(path)
+            else:
+                _report_once(path, "skipped", "skipped: a link to a file that does not exist")
     return sorted(found)
 
 
@@ -150,17 +159,19 @@ def _source_name(value: Any) -> str:
     return f"an image given as {type(value).__name__}"
 
 
-def _report_once(value: Any, message: str) -> None:
-    """Log `message` (about the training image `value`, named first) once per file and process."""
+def _report_once(value: Any, kind: str, message: str) -> None:
+    """Log `message` about the training image `value` (named first) once per file, `kind` of report and process."""
     name = _source_name(value)
-    if (name, message) not in _REPORTED:
-        _REPORTED.add((name, message))
+    if (name, kind) not in _REPORTED:
+        _REPORTED.add((name, kind))
         logger.warning(f"training image {name}: {message}")
 
 
 def report_unreadable(value: Any, error: Exception) -> None:
     """Say once per file (per process) which training image is skipped and why."""
-    _report_once(value, f"skipped: {first_line(error)}")
+    # Pillow names an in-memory file by its object's address, which says nothing (and differs every time).
+    reason = "not a readable image" if isinstance(error, PIL.UnidentifiedImageError) else first_line(error)
+    _report_once(value, "skipped", f"skipped: {reason}")
 
 
 def _has_transparent_pixels(image: PIL.Image.Image) -> bool:
@@ -186,6 +197,7 @@ def decode_image(value: Any) -> PIL.Image.Image:
     if _has_transparent_pixels(image):
         _report_once(
             value,
+            "transparent",
             "has transparent pixels, which are trained as the colour stored under them (often black); flatten it "
             "onto a background or leave it out",
         )
@@ -195,6 +207,23 @@ def decode_image(value: Any) -> PIL.Image.Image:
         peak = 65535.0 if array.max() > 255 else 255.0
         image = PIL.Image.fromarray(np.round(array / peak * 255.0).astype(np.uint8))
     return image.convert("RGB")
+
+
+def _decode_row(
+    row: dict[str, Any], image_column: str, lq_column: str | None
+) -> tuple[PIL.Image.Image, PIL.Image.Image | None] | None:
+    """The row's HQ (and paired LQ) image, or None after naming the cell that cannot be read."""
+    decoded = []
+    for column in (image_column, lq_column):
+        if column is None:
+            decoded.append(None)
+            continue
+        try:
+            decoded.append(decode_image(row[column]))
+        except _DECODE_ERRORS as error:
+            report_unreadable(row[column], error)
+            return None
+    return decoded[0], decoded[1]
 
 
 def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
@@ -354,13 +383,8 @@ class SRCropDataset(_CropMixin, torch.utils.data.Dataset):
             images = self._decoded.get(key) if self._decoded is not None else None
             if images is None:
                 row = self.dataset[key]
-                try:
-                    images = (
-                        decode_image(row[self.image_column]),
-                        decode_image(row[self.lq_column]) if self.lq_column else None,
-                    )
-                except _DECODE_ERRORS as error:
-                    report_unreadable(row[self.image_column], error)
+                images = _decode_row(row, self.image_column, self.lq_column)
+                if images is None:
                     skipped.append(key)
                     continue
                 if self._decoded is not None:
@@ -419,13 +443,8 @@ class SRStreamingCropDataset(_CropMixin, torch.utils.data.IterableDataset):
         for key, row in enumerate(stream):
             if worker is not None and key % worker.num_workers != worker.id:
                 continue
-            try:
-                hq = decode_image(row[self.image_column])
-                lq = decode_image(row[self.lq_column]) if self.lq_column else None
-                item = self._crop(hq, lq, key)
-            except _DECODE_ERRORS as error:
-                report_unreadable(row[self.image_column], error)
-                item = None
+            images = _decode_row(row, self.image_column, self.lq_column)
+            item = self._crop(*images, key) if images is not None else None
             if item is None:
                 skipped.append(key)
                 continue

@@ -705,8 +705,9 @@ def test_dataset_skips_corrupt_upsizes_small_and_is_seeded(photo_folder, hf_cach
 def test_every_photo_under_the_folder_is_used_whatever_its_subfolders_are_called(tmp_path, hf_cache, caplog):
     """imagefolder's rules read 'train/' and 'test/' subfolders as splits (dropping the test photos) and refuse a
     'val/' next to loose photos; a training folder means all of its photos, linked folders included."""
-    folder = tmp_path / "my photos"
-    for index, relative in enumerate(["beach.png", "val/city.png", "train/dog.jpg", "test/cat.png", "a/b/tree.webp"]):
+    folder = tmp_path / "shoot [2024]"  # names are not glob patterns
+    photos = ["beach.png", "val/city.png", "train/dog.jpg", "test/cat.png", "a/b/tree.webp", "photo[1].png", "q?.PNG"]
+    for index, relative in enumerate(photos):
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         random_photo(40, 40, seed=index).save(folder / relative)
     elsewhere = tmp_path / "elsewhere"
@@ -718,22 +719,51 @@ def test_every_photo_under_the_folder_is_used_whatever_its_subfolders_are_called
     (folder / ".thumbnails").mkdir()
     random_photo(8, 8).save(folder / ".thumbnails" / "beach.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "moved.png").symlink_to(tmp_path / "nowhere.png")  # a link to a deleted photo
 
-    dataset = load_image_dataset(train_data_dir=str(folder), cache_dir=hf_cache)
-    names = sorted(os.path.basename(row["image"]["path"]) for row in dataset)
-    assert names == ["beach.png", "broken.png", "cat.png", "city.png", "dog.jpg", "linked.png", "tree.webp"]
-    crops = SRCropDataset(dataset, resolution=32, scale=4, seed=0)
     with caplog.at_level("WARNING", logger="pipeline_teasr.data"):
-        skipped = collate_sr_batch([crops[i] for i in range(len(crops))])["skipped"]
+        dataset = load_image_dataset(train_data_dir=str(folder), cache_dir=hf_cache)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"training image {folder / 'moved.png'}: skipped: a link to a file that does not exist"
+    ]
+    names = sorted(os.path.basename(row["image"]["path"]) for row in dataset)
+    expected = ["beach.png", "broken.png", "cat.png", "city.png", "dog.jpg", "linked.png", "photo[1].png", "q?.PNG"]
+    assert names == sorted([*expected, "tree.webp"])
+    crops = SRCropDataset(dataset, resolution=32, scale=4, seed=0)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline_teasr.data"):
+        for _ in range(2):
+            skipped = collate_sr_batch([crops[i] for i in range(len(crops))])["skipped"]
     assert len(skipped) == 1  # the broken file, named once
-    assert len(caplog.records) == 1
-    assert caplog.records[0].getMessage().startswith(f"training image {folder / 'broken.png'}: skipped: ")
+    assert [record.getMessage() for record in caplog.records] == [
+        f"training image {folder / 'broken.png'}: skipped: Truncated File Read"
+    ]
 
     only_text = tmp_path / "notes"
     only_text.mkdir()
     (only_text / "a.txt").write_text("x")
     with pytest.raises(ValueError, match=r"^--train_data_dir '.*notes' holds no image files \(\.png, \.jpg"):
         load_image_dataset(train_data_dir=str(only_text), cache_dir=hf_cache)
+
+
+def test_a_paired_set_with_its_metadata_in_a_subfolder_keeps_imagefolders_rules(tmp_path, hf_cache, caplog):
+    folder = tmp_path / "paired" / "train"
+    folder.mkdir(parents=True)
+    rows = []
+    for index in range(2):
+        random_photo(32, 32, seed=index).save(folder / f"hq{index}.png")
+        random_photo(8, 8, seed=index).save(folder / f"lq{index}.png")
+        rows.append(json.dumps({"file_name": f"hq{index}.png", "lq_file_name": f"lq{index}.png"}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    dataset = load_image_dataset(train_data_dir=str(tmp_path / "paired"), lq_column="lq", cache_dir=hf_cache)
+    assert len(dataset) == 2 and {"image", "lq"} <= set(dataset.column_names)  # pairs, not four HQ images
+    # A broken LQ image is named, not its HQ partner
+    (folder / "lq1.png").write_bytes(b"not an image")
+    crops = SRCropDataset(dataset, resolution=16, scale=4, seed=0, lq_column="lq")
+    with caplog.at_level("WARNING", logger="pipeline_teasr.data"):
+        crops[1]
+    assert f"training image {folder / 'lq1.png'}: skipped: not a readable image" in caplog.text
+    assert "hq1.png" not in caplog.text
 
 
 def test_min_crop_gradient_redraws_flat_crops(tmp_path):
