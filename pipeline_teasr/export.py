@@ -9,6 +9,7 @@ renamed into place, so a failed export never leaves a half-written folder.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -86,6 +87,30 @@ def _load_lora(pipe: Any, lora_file: Path, model: str | os.PathLike) -> None:
         raise ExportError(f"cannot load the LoRA {lora_file}: {first_line(error)}") from None
 
 
+def check_replaceable(folder: Path) -> None:
+    """--overwrite replaces the whole folder: only an empty one or an earlier export, holding nothing an export does
+    not write (so never '.', a training run with its checkpoints, or a clone of a Hub repo with its .git)."""
+    entries = {entry.name for entry in folder.iterdir()}
+    if not entries:
+        return
+    if "model_index.json" not in entries:
+        raise ExportError(
+            f"--overwrite only replaces an earlier export (a folder with model_index.json), and {folder} is not one; "
+            "choose a new output folder"
+        )
+    try:
+        components = set(json.loads((folder / "model_index.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        components = set()
+    exported = {"model_index.json", "README.md", "assets", LORA_WEIGHT_NAME, *components}
+    foreign = sorted(name for name in entries if name not in exported and not name.endswith(".py"))
+    if foreign:
+        raise ExportError(
+            f"--overwrite would delete {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} in {folder}, "
+            "which an export does not write; choose a new output folder"
+        )
+
+
 def _is_png_or_jpeg(path: Path) -> bool:
     """Whether the file really is a readable PNG or JPEG image (not only named like one)."""
     try:
@@ -135,12 +160,8 @@ def export_pipeline(
         raise ExportError(f"{target} already exists; pass --overwrite to replace it")
     if target.exists() and not target.is_dir():
         raise ExportError(f"{target} exists and is not a folder")
-    if target.exists() and any(target.iterdir()) and not (target / "model_index.json").is_file():
-        # --overwrite replaces the whole folder: only ever an earlier export (or an empty folder), never e.g. '.'
-        raise ExportError(
-            f"--overwrite only replaces a model folder (one with model_index.json), and {target} is not one; "
-            "choose a new output folder"
-        )
+    if target.exists():
+        check_replaceable(target)
     lora_file = find_lora_file(lora) if lora is not None else None
     images = [Path(image) for image in card_images]
     for image in images:

@@ -36,6 +36,7 @@ def shipped_lora_file(model: str) -> str | None:
     """The unfused LoRA (`pytorch_lora_weights.safetensors`) that an exported model ships next to its pipeline, or
     None. `model` is a local folder or a Hub repo id; for a repo the file is fetched into the Hub cache (diffusers'
     `from_pretrained` downloads only the pipeline's component folders, not this file)."""
+    from .errors import first_line
     from .pipeline_teasr import LORA_WEIGHT_NAME, looks_like_local_path
 
     if Path(model).expanduser().exists() or looks_like_local_path(model):
@@ -43,16 +44,22 @@ def shipped_lora_file(model: str) -> str | None:
         return str(path) if path.is_file() else None
 
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return hf_hub_download(model, LORA_WEIGHT_NAME)
     except LocalEntryNotFoundError:  # offline, and not in the cache: either the repo has none or it was never fetched
-        if try_to_load_from_cache(model, LORA_WEIGHT_NAME) is None:  # not even a cached "no such file"
-            logger.warning(
-                f"teasr: warning: offline, so it is unknown whether {model} ships a LoRA ({LORA_WEIGHT_NAME}); "
-                "run once online if its model card says it does"
-            )
-        return None
+        reason = "offline"
     except EntryNotFoundError:  # the repo has no such file: the LoRA (if any) is fused into its weights
         return None
+    except (HfHubHTTPError, OSError) as error:  # rate limit, server error: the pipeline itself came from the cache
+        reason = f"the Hub did not answer ({first_line(error)})"
+    cached = try_to_load_from_cache(model, LORA_WEIGHT_NAME)
+    if isinstance(cached, str):
+        return cached
+    if cached is None:  # not even a cached "no such file"
+        logger.warning(
+            f"teasr: warning: {reason}, so it is unknown whether {model} ships a LoRA ({LORA_WEIGHT_NAME}); "
+            "run again online if its model card says it does"
+        )
+    return None

@@ -150,9 +150,10 @@ def test_exported_folders_are_complete_safetensors_only_and_atomic(exports, tiny
     assert main(["export", str(target), "--model", tiny_pipeline_dir]) == 0
     assert main(["export", str(target), "--model", tiny_pipeline_dir]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    (target / "stale.txt").write_text("old")
+    (target / "assets").mkdir()
+    (target / "assets" / "old_plot.png").write_bytes(b"an earlier export's figure")
     assert main(["export", str(target), "--model", tiny_pipeline_dir, "--overwrite"]) == 0
-    assert not (target / "stale.txt").exists() and (target / "model_index.json").is_file()
+    assert not (target / "assets").exists() and (target / "model_index.json").is_file()
     broken = exports["root"] / "broken"
     assert main(["export", str(broken), "--model", tiny_pipeline_dir, "--card-json", str(target / "nope.json")]) == 2
     assert main(["export", str(broken), "--model", tiny_pipeline_dir, "--card-image", str(target / "README.md")]) == 2
@@ -166,11 +167,18 @@ def test_exported_folders_are_complete_safetensors_only_and_atomic(exports, tiny
     documents.mkdir()
     (documents / "thesis.txt").write_text("years of work")
     assert main(["export", str(documents), "--model", tiny_pipeline_dir, "--overwrite"]) == 2
-    assert "--overwrite only replaces a model folder (one with model_index.json)" in capsys.readouterr().err
+    assert "--overwrite only replaces an earlier export (a folder with model_index.json)" in capsys.readouterr().err
     assert (documents / "thesis.txt").read_text() == "years of work"
     (documents / "thesis.txt").unlink()  # an empty folder is fine
     assert main(["export", str(documents), "--model", tiny_pipeline_dir, "--overwrite"]) == 0
     assert (documents / "model_index.json").is_file()
+    # nor a training run (a pipeline with checkpoints and logs) or a clone of a Hub repo
+    for extra in ("checkpoint-3000", ".git"):
+        (documents / extra).mkdir()
+        assert main(["export", str(documents), "--model", tiny_pipeline_dir, "--overwrite"]) == 2
+        assert f"--overwrite would delete {extra} in {documents}" in capsys.readouterr().err
+        assert (documents / extra).is_dir()
+        (documents / extra).rmdir()
     assert not broken.exists()
     assert sorted(p.name for p in exports["root"].iterdir()) == ["fused", "plain", "unfused"]
 
@@ -293,3 +301,27 @@ def test_a_lora_that_does_not_fit_the_base_is_one_clear_error(lora_dir, tmp_path
         assert "\n" not in str(raised.value)
         assert not getattr(pipe.transformer, "peft_config", None)
         np.testing.assert_array_equal(_run(pipe, image), before)
+
+
+def test_a_hub_that_does_not_answer_leaves_the_shipped_lora_to_the_cache(monkeypatch, caplog, tmp_path):
+    """diffusers loads a cached pipeline when the Hub answers 429 or 5xx; the LoRA lookup must not crash there."""
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from pipeline_teasr.hub import shipped_lora_file
+
+    def busy(*args, **kwargs):
+        response = httpx.Response(429, request=httpx.Request("GET", "https://huggingface.co/me/busy"))
+        raise HfHubHTTPError("429 Client Error: Too Many Requests", response=response)
+
+    cached = {"path": None}
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", busy)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: cached["path"])
+    with caplog.at_level("WARNING", logger="pipeline_teasr.hub"):
+        assert shipped_lora_file("me/busy") is None
+    assert "the Hub did not answer (429 Client Error: Too Many Requests), so it is unknown whether me/busy" in (
+        caplog.text
+    )
+    cached["path"] = str(tmp_path / "pytorch_lora_weights.safetensors")  # fetched on an earlier, online run
+    assert shipped_lora_file("me/busy") == cached["path"]
