@@ -440,7 +440,7 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
                     label="Start from",
                     info="LQ image: deterministic restoration · noise: sampling (the seed matters)",
                     elem_id="start-from",
-                    visible=samples_noise,  # a single start needs no choice
+                    visible=len(pipe.supported_starts) > 1,  # a single start needs no choice
                 )
                 start = gr.Slider(
                     0.01,
@@ -488,13 +488,6 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
             f"{', '.join(sorted(IMAGE_SUFFIXES))}). {API_DOC}"
         )
 
-        # A new input makes the shown result stale: clear it and hide its download, never pair it with the new photo.
-        image.change(
-            lambda: (None, gr.DownloadButton(visible=False), "", None, ""),
-            None,
-            [slider, download, info, gallery, compare_info],
-            api_visibility="private",
-        )
         common = dict(preprocess=False, concurrency_id="teasr")
         run.click(
             upscale_ui,
@@ -510,6 +503,16 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
             [gallery, compare_info, tabs],
             api_name="compare_steps",
             **common,
+        )
+        # A new input makes the shown result stale: clear it and hide its download, never pair it with the new photo.
+        # Outside the queue, so that a busy Space does not refuse it. (Not `cancels=` for the runs: with it, a
+        # compare started right after an upload never finished in a browser check.)
+        image.change(
+            lambda: (None, gr.DownloadButton(visible=False), "", None, ""),
+            None,
+            [slider, download, info, gallery, compare_info],
+            api_visibility="private",
+            queue=False,
         )
         # The public API: (image, steps, scale, start_timestep, seed, start) -> upscaled image file.
         api_result = gr.Image(label="Upscaled image", type="filepath", format="png", visible=False)
