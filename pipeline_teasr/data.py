@@ -64,7 +64,8 @@ def load_image_dataset(
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
             raise ValueError(f"--train_data_dir {train_data_dir!r} is not a folder.")
-        if _has_imagefolder_metadata(train_data_dir):
+        files, has_metadata = scan_image_folder(train_data_dir)
+        if has_metadata:
             # A metadata file (e.g. paired LQ columns) means 🤗 imagefolder's rules, which it defines.
             try:
                 dataset = load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
@@ -73,7 +74,6 @@ def load_image_dataset(
         else:
             # Otherwise every image under the folder, whatever its subfolders are called: imagefolder would read
             # 'train/' and 'test/' subfolders as splits (dropping photos) and refuse a 'val/' next to loose photos.
-            files = image_files(train_data_dir)
             if not files:
                 raise ValueError(
                     f"--train_data_dir {train_data_dir!r} holds no image files (.png, .jpg, .webp, .tif, ...)."
@@ -121,17 +121,12 @@ def _load_saved_dataset(name: str, split: str, streaming: bool):
     return dataset.to_iterable_dataset() if streaming else dataset
 
 
-def _has_imagefolder_metadata(folder: str) -> bool:
-    """Whether a metadata file lies anywhere under `folder` (imagefolder's layout allows e.g. train/metadata.jsonl)."""
-    return any(set(names) & set(IMAGEFOLDER_METADATA) for _, _, names in os.walk(folder))
-
-
-def image_files(folder: str) -> list[str]:
-    """Every image file under `folder`, subfolders and linked folders included (each folder once), hidden ones
-    left out; sorted."""
+def scan_image_folder(folder: str) -> tuple[list[str], bool]:
+    """Every image file under `folder`, subfolders and linked folders included (each folder once), hidden ones left
+    out, sorted; and whether an imagefolder metadata file lies anywhere there (e.g. train/metadata.jsonl)."""
     from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
-    found, seen = [], set()
+    found, seen, has_metadata = [], set(), False
     for root, folders, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:  # a link back up the tree
@@ -139,6 +134,7 @@ def image_files(folder: str) -> list[str]:
             continue
         seen.add(real)
         folders[:] = sorted(name for name in folders if not name.startswith("."))
+        has_metadata = has_metadata or any(name in IMAGEFOLDER_METADATA for name in names)
         for name in names:
             path = os.path.join(root, name)
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in ImageFolder.EXTENSIONS:
@@ -147,7 +143,7 @@ def image_files(folder: str) -> list[str]:
                 found.append(path)
             else:
                 _report_once(path, "skipped", "skipped: a link to a file that does not exist")
-    return sorted(found)
+    return sorted(found), has_metadata
 
 
 def _source_name(value: Any) -> str:

@@ -1116,6 +1116,13 @@ def _flat_config(args: argparse.Namespace) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()}
 
 
+def _recorded_base(args: argparse.Namespace) -> str | None:
+    """--pretrained_model_name_or_path as the outputs record it: a local folder by its absolute path (findable from
+    any folder later), a Hub id as given."""
+    base = args.pretrained_model_name_or_path
+    return os.path.abspath(base) if base and os.path.isdir(base) else base
+
+
 def _weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
@@ -1143,10 +1150,8 @@ def write_model_card(args: argparse.Namespace, output_dir: str, kind: str, lora:
     """A README.md with YAML front matter describing what was trained and how to load it."""
     from .pipeline_teasr import looks_like_local_path
 
-    base = args.pretrained_model_name_or_path or "trained from scratch"
+    base = _recorded_base(args) or "trained from scratch"
     local = os.path.isdir(base) or looks_like_local_path(base)
-    if os.path.isdir(base):
-        base = os.path.abspath(base)
     # The Hub accepts only a model id as `base_model`: none for a local folder or a model trained from scratch.
     base_model = f"base_model: {base}\n" if args.pretrained_model_name_or_path and not local else ""
     lora_tag = "- lora\n" if lora else ""
@@ -1628,9 +1633,7 @@ def run_training(
             final.save_pretrained(args.output_dir)
             if vae is not None:
                 vae.to(dtype=weight_dtype)
-        recorded = _flat_config(args)
-        if os.path.isdir(args.pretrained_model_name_or_path or ""):  # a local base, findable from any folder later
-            recorded["pretrained_model_name_or_path"] = os.path.abspath(args.pretrained_model_name_or_path)
+        recorded = {**_flat_config(args), "pretrained_model_name_or_path": str(_recorded_base(args))}
         with open(os.path.join(args.output_dir, "training_args.json"), "w", encoding="utf-8") as handle:
             json.dump(recorded, handle, indent=2)
         write_model_card(args, args.output_dir, objective.name, lora)
