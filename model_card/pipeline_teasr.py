@@ -101,8 +101,9 @@ class TEASRPipelineOutput(BaseOutput):
     """
     Args:
         images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
-            Upscaled images. PIL images keep the input's mode (alpha re-attached). Arrays are float in [0, 1], stacked
-            when every output has the same size, otherwise a list with one HxWxC array (CxHxW tensor) per image.
+            Upscaled images. PIL images keep the input's mode (alpha re-attached), except palette and 1-bit inputs,
+            which come back as RGB(A) and grey. Arrays are float in [0, 1], stacked when every output has the same
+            size, otherwise a list with one HxWxC array (CxHxW tensor) per image.
         nfe (`int`): Number of transformer calls made (the network function evaluations).
     """
 

@@ -135,6 +135,11 @@ def resized_exif(exif: bytes | None, size: tuple[int, int]) -> bytes | None:
         return None
 
 
+# Palette and 1-bit inputs come back in full tone: the upscale has in-between values that re-quantising to 256
+# colours or dithering to black and white would throw away (and the alpha, where there is one, comes back as RGBA).
+_FULL_TONE_MODES = {"P": "RGB", "PA": "RGB", "1": "L"}
+
+
 def _pil_to_arrays(image: PIL.Image.Image) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Return (HxWx3 float RGB in [0, 1], HxW float alpha or None, mode to restore)."""
     mode = image.mode
@@ -164,7 +169,7 @@ def _pil_to_arrays(image: PIL.Image.Image) -> tuple[np.ndarray, np.ndarray | Non
         image = image.convert("RGB")
     array = np.asarray(image, dtype=np.float64) / 255.0
     alpha = array[..., 3] if array.shape[-1] == 4 else None
-    return array[..., :3], alpha, mode
+    return array[..., :3], alpha, _FULL_TONE_MODES.get(mode, mode)
 
 
 def _array_to_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -259,33 +264,26 @@ def resize(images: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -
 def recompose_image(
     rgb: torch.Tensor, alpha: torch.Tensor | None, mode: str | None, icc_profile: bytes | None = None
 ) -> PIL.Image.Image:
-    """(1, 3, H, W) RGB in [0, 1] (+ upscaled alpha) -> PIL image in the input's mode, with the input's ICC profile
-    in `info` where it fits that mode (see `with_icc_profile`)."""
+    """(1, 3, H, W) RGB in [0, 1] (+ upscaled alpha) -> PIL image in `mode` (from `decompose_image`: the input's, in
+    full tone), with the input's ICC profile in `info` where it fits that mode (see `with_icc_profile`)."""
     return with_icc_profile(_recompose_pixels(rgb, alpha, mode), icc_profile)
 
 
 def _recompose_pixels(rgb: torch.Tensor, alpha: torch.Tensor | None, mode: str | None) -> PIL.Image.Image:
     array = rgb[0].permute(1, 2, 0).float().cpu().numpy()
-    if mode in ("I;16", "L", "F", "1"):
+    if mode in ("I;16", "L", "F"):
         gray = array @ np.array([0.299, 0.587, 0.114])
         if mode == "I;16":
             return PIL.Image.fromarray(np.round(gray * 65535.0).astype(np.uint16))
         if mode == "F":
             return PIL.Image.fromarray(gray.astype(np.float32))
-        out = PIL.Image.fromarray(np.round(gray * 255.0).astype(np.uint8))
-        return out.convert("1") if mode == "1" else out
+        return PIL.Image.fromarray(np.round(gray * 255.0).astype(np.uint8))
     rgb8 = np.round(array * 255.0).astype(np.uint8)
     if alpha is not None:
         alpha8 = np.round(alpha[0, 0].float().cpu().numpy() * 255.0).astype(np.uint8)
         out = PIL.Image.fromarray(np.dstack([rgb8, alpha8]))
-        if mode == "LA":
-            return out.convert("LA")
-        if mode == "P":
-            return out.quantize(colors=256, method=PIL.Image.Quantize.FASTOCTREE)
-        return out
+        return out.convert("LA") if mode == "LA" else out
     out = PIL.Image.fromarray(rgb8)
-    if mode == "P":
-        return out.quantize(colors=256)
     if mode == "CMYK":
         return out.convert("CMYK")
     return out

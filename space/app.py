@@ -184,18 +184,7 @@ def read_upload(payload: Any) -> Upload:
         image = load_image(path, max_pixels=MAX_INPUT_PIXELS)
     except ValueError as error:
         raise gr.Error(str(error).replace(str(path), name), title=UPLOAD_ERROR) from None
-    return Upload(image=full_colour(image), name=name)
-
-
-def full_colour(image: PIL.Image.Image) -> PIL.Image.Image:
-    """Palette and 1-bit uploads as RGB(A) / grey: the pipeline keeps an input's mode, and a palette result is the
-    upscale re-quantised to 256 colours (dithered), a 1-bit one dithered black and white; this Space is for photos."""
-    if image.mode == "1":
-        return convert_mode(image, "L")
-    if image.mode in ("P", "PA"):
-        transparent = image.mode == "PA" or "transparency" in image.info
-        return convert_mode(image, "RGBA" if transparent else "RGB")
-    return image
+    return Upload(image=image, name=name)
 
 
 def check_output_size(image: PIL.Image.Image, settings: Settings) -> tuple[int, int]:

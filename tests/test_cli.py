@@ -66,14 +66,17 @@ def test_output_is_readable_like_any_new_file_and_leaves_no_temporary(run_cli, t
     assert (out_dir / "photo.png").stat().st_mode & 0o777 == 0o644
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "I;16", "CMYK"])
-def test_modes_are_kept(run_cli, tmp_path, mode):
+# (input mode, output mode): PNG cannot store CMYK; a palette or 1-bit upscale comes back in full tone.
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("RGBA", "RGBA"), ("LA", "LA"), ("L", "L"), ("P", "RGB"), ("1", "L"), ("I;16", "I;16"), ("CMYK", "RGB")],
+)
+def test_output_modes(run_cli, tmp_path, mode, expected):
     source = tmp_path / ("in.jpg" if mode == "CMYK" else "in.png")
     random_photo(8, 8, mode=mode).save(source)
     code, _, err = run_cli(str(source), "-o", str(tmp_path / "out.png"))
     assert code == 0, err
     out = PIL.Image.open(tmp_path / "out.png")
-    expected = "RGB" if mode == "CMYK" else mode  # PNG cannot store CMYK
     assert out.mode == expected and out.size == (32, 32)
 
 

@@ -165,12 +165,26 @@ def test_unconfigured_overlap_is_an_eighth_tile_at_one_step_and_a_quarter_with_m
     assert _run(tiny_pipeline, image, num_inference_steps=2, tile_size=16, tile_batch_size=1).nfe == 2 * 121
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "I;16", "LA"])
+@pytest.mark.parametrize("mode", ["RGBA", "L", "I;16", "LA"])
 def test_modes_are_kept(tiny_pipeline, mode):
     image = random_photo(9, 11, mode=mode)
     out = _run(tiny_pipeline, image).images[0]
     assert out.mode == mode
     assert out.size == (44, 36)
+
+
+def test_palette_and_bilevel_inputs_come_back_in_full_tone(tiny_pipeline):
+    # Re-quantising the upscale to the palette's colours (or dithering it to black and white) would throw away the
+    # in-between tones the upscale made; a transparent palette image keeps its transparency as RGBA.
+    palette = random_photo(9, 11).quantize(16)
+    out = _run(tiny_pipeline, palette).images[0]
+    assert out.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(_run(tiny_pipeline, palette.convert("RGB")).images[0]))
+    assert len(np.unique(np.asarray(out).reshape(-1, 3), axis=0)) > 256  # more tones than any palette holds
+    transparent = palette.copy()
+    transparent.info["transparency"] = 0
+    assert _run(tiny_pipeline, transparent).images[0].mode == "RGBA"
+    assert _run(tiny_pipeline, palette.convert("1")).images[0].mode == "L"
 
 
 @pytest.mark.parametrize(
