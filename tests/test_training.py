@@ -895,6 +895,22 @@ def documented_training_commands() -> list[tuple[str, list[str]]]:
     return commands
 
 
+def test_a_mistake_under_the_documented_launcher_options_is_one_line_without_a_launcher_traceback(tmp_path):
+    text = (SCRIPTS / "README.md").read_text()
+    launcher = re.search(r"^accelerate launch (.*?) train_scripts/train_flow_sr\.py", text, flags=re.M)
+    assert launcher, "train_scripts/README.md lost its train_flow_sr.py command"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", *shlex.split(launcher.group(1)),
+        str(SCRIPTS / "train_flow_sr.py"), "--train_data_dir", str(tmp_path / "missing"), "--full_finetune",
+        "--output_dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"error: --train_data_dir '{tmp_path / 'missing'}' is not a folder." in result.stderr
+    assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr, result.stderr[-3000:]
+
+
 def test_every_documented_training_command_parses_and_passes_the_flag_checks(tmp_path, monkeypatch):
     from pipeline_teasr.distillation import check_common_args
 

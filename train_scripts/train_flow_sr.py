@@ -7,7 +7,7 @@ output size. From scratch (`--full_finetune` with `--model_config`), full fine-t
 With `--full_finetune` the pipeline is saved at the root of `--output_dir`, ready as the
 `--pretrained_model_name_or_path` of `train_teasr_lora.py`.
 
-    accelerate launch train_scripts/train_flow_sr.py --train_data_dir photos --full_finetune \
+    accelerate launch --quiet train_scripts/train_flow_sr.py --train_data_dir photos --full_finetune \
         --resolution 64 --scale 4 --degradation light --output_dir teasr-flow-small
 """
 

@@ -21,7 +21,7 @@ MIXED_PRECISION=${MIXED_PRECISION:-$($PY -c 'from pipeline_teasr.hardware import
 # on both cores of the AVX-512 machine: 0.29 s per distillation step against 0.45 on one).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 echo "recipe: MIXED_PRECISION=$MIXED_PRECISION, OMP_NUM_THREADS=$OMP_NUM_THREADS"
-ACCELERATE=${ACCELERATE:-"$PY -m accelerate.commands.launch --num_processes 1 --num_machines 1 --dynamo_backend no --mixed_precision $MIXED_PRECISION"}
+ACCELERATE=${ACCELERATE:-"$PY -m accelerate.commands.launch --quiet --num_processes 1 --num_machines 1 --dynamo_backend no --mixed_precision $MIXED_PRECISION"}
 DATA=${DATA:-data/teasr_mini}
 RUNS=${RUNS:-runs/teasr_mini}
 STAGES=${STAGES:-"data base distill choose ablations eval report export"}
