@@ -162,6 +162,21 @@ class Upload:
     name: str  # the file name the user uploaded, without folders
 
 
+def upload_path(payload: Any) -> str | None:
+    """The server path of gradio's raw file payload (or a plain path); None when there is no image."""
+    if isinstance(payload, dict):
+        return payload.get("path")
+    return None if payload is None else os.fspath(payload)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A browser run's result, held until it is shown: only if the page still has the input it was made from."""
+
+    source: str | None  # upload_path of the run's input
+    outputs: tuple[Any, ...]
+
+
 def read_upload(payload: Any) -> Upload:
     """Open an uploaded image (gradio's raw file payload or a path) with the library's loader, or raise a friendly
     `gr.Error` that names the user's file, never a server path."""
@@ -169,10 +184,7 @@ def read_upload(payload: Any) -> Upload:
         raise gr.Error(
             "Upload an image first (PNG, JPEG, WebP, BMP, TIFF or GIF), or pick an example.", title=UPLOAD_ERROR
         )
-    if isinstance(payload, dict):
-        path, original = payload.get("path"), payload.get("orig_name")
-    else:
-        path, original = os.fspath(payload), None
+    path, original = upload_path(payload), payload.get("orig_name") if isinstance(payload, dict) else None
     if not path:
         raise gr.Error("The upload did not arrive; please try again.", title=UPLOAD_ERROR)
     name = Path(original or path).name
@@ -373,13 +385,27 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
 
     def upscale_ui(
         image: Any, steps: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any, start: Any
-    ) -> tuple[tuple[str, str], gr.DownloadButton, str, gr.Tabs]:
+    ) -> Finished:
         settings = parse_settings(steps, scale, start_timestep, seed, tile_size, start)
         upload, sample, before, after = upscale_files(image, settings)
-        download = gr.DownloadButton(
-            f"Download full-size PNG ({sample.image.width}×{sample.image.height})", after, visible=True
-        )
-        return (before, after), download, describe(sample, upload.image, settings, pipe), gr.Tabs(selected="result")
+        download = (f"Download full-size PNG ({sample.image.width}×{sample.image.height})", after)
+        text = describe(sample, upload.image, settings, pipe)
+        return Finished(upload_path(image), ((before, after), download, text))
+
+    def show_upscale(finished: Finished | None, image: Any) -> tuple[Any, ...]:
+        if finished is None or finished.source != upload_path(image):
+            return (gr.skip(),) * 4  # a new input arrived during the run: its result would sit beside the wrong photo
+        pair, (label, path), text = finished.outputs
+        return pair, gr.DownloadButton(label, path, visible=True), text, gr.Tabs(selected="result")
+
+    def compare_ui(image: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any, start: Any) -> Finished:
+        gallery, table, _ = compare_steps(image, scale, start_timestep, seed, tile_size, start)
+        return Finished(upload_path(image), (gallery, table))
+
+    def show_compare(finished: Finished | None, image: Any) -> tuple[Any, ...]:
+        if finished is None or finished.source != upload_path(image):
+            return (gr.skip(),) * 3
+        return *finished.outputs, gr.Tabs(selected="compare")
 
     def compare_steps(
         image: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any, start: Any
@@ -478,24 +504,48 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
         )
 
         common = dict(preprocess=False, concurrency_id="teasr")
-        run.click(
+        # A browser run's result waits in a State and is shown only if the page still has the photo it was made
+        # from (`show_*` runs outside the queue, reading the input as it is when the run ends).
+        finished_upscale, finished_compare = gr.State(), gr.State()
+        # The run's tab comes to the front at the click, so that its progress shows where its result will appear.
+        run.click(lambda: gr.Tabs(selected="result"), None, tabs, queue=False, api_visibility="private").then(
             upscale_ui,
             [image, steps, scale, start, seed, tile, start_from],
-            [slider, download, info, tabs],
+            finished_upscale,
+            show_progress_on=[slider],
+            trigger_mode="always_last",
             api_name="upscale_ui",
             api_visibility="undocumented",
             **common,
+        ).success(
+            show_upscale,
+            [finished_upscale, image],
+            [slider, download, info, tabs],
+            preprocess=False,
+            queue=False,
+            api_visibility="private",
         )
-        compare.click(
-            compare_steps,
+        compare.click(lambda: gr.Tabs(selected="compare"), None, tabs, queue=False, api_visibility="private").then(
+            compare_ui,
             [image, scale, start, seed, tile, start_from],
-            [gallery, compare_info, tabs],
-            api_name="compare_steps",
+            finished_compare,
+            show_progress_on=[gallery],
+            trigger_mode="always_last",
+            api_name="compare_ui",
+            api_visibility="undocumented",
             **common,
+        ).success(
+            show_compare,
+            [finished_compare, image],
+            [gallery, compare_info, tabs],
+            preprocess=False,
+            queue=False,
+            api_visibility="private",
         )
         # A new input makes the shown result stale: clear it and hide its download, never pair it with the new photo.
-        # Outside the queue, so that a busy Space does not refuse it. (Not `cancels=` for the runs: with it, a
-        # compare started right after an upload never finished in a browser check.)
+        # Outside the queue, so that a busy Space does not refuse it. A run still working goes on, and `show_*` drops
+        # its result. (Not `cancels=` for the runs: with it, a compare started right after an upload never finished
+        # in a browser check.)
         image.change(
             lambda: (None, gr.DownloadButton(visible=False), "", None, ""),
             None,
@@ -508,6 +558,17 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
         api_trigger = gr.Button(visible=False)
         api_trigger.click(
             upscale_api, [image, steps, scale, start, seed, start_from], api_result, api_name="upscale", **common
+        )
+        # (image, scale, start_timestep, seed, tile_size, start) -> the 1 / 2 / 4 / 8-step images and a timing table.
+        api_gallery = gr.Gallery(visible=False, format="png")
+        api_table = gr.Markdown(visible=False)
+        api_compare_trigger = gr.Button(visible=False)
+        api_compare_trigger.click(
+            compare_steps,
+            [image, scale, start, seed, tile, start_from],
+            [api_gallery, api_table, tabs],
+            api_name="compare_steps",
+            **common,
         )
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
     return demo

@@ -306,6 +306,66 @@ def test_browser_upload_run_and_see_the_result(space: RunningSpace) -> None:
     space.assert_alive()
 
 
+# (button, where its result appears, where its text appears, images a result shows, the same run through the API)
+RUNS = {
+    "upscale": ("#run", "#result-slider", "#result-info", 2, lambda photo: (photo, 1, 4, 1.0, 0, "/upscale")),
+    "compare": (
+        "#compare",
+        "#compare-gallery",
+        "#compare-info",
+        4,
+        lambda photo: (photo, 4, 1.0, 0, 128, "/compare_steps"),
+    ),
+}
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium")
+@pytest.mark.parametrize("run", RUNS)
+def test_a_new_photo_during_a_run_never_gets_the_old_result_and_can_be_run_at_once(
+    space: RunningSpace, client: Client, tmp_path: Path, run: str
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    button, result, text, image_count, api_call = RUNS[run]
+    first = photo(tmp_path, "first.png", 64, 64, seed=1)  # 256×256 at the page's x4
+    second = photo(tmp_path, "second.png", 48, 64, seed=2)  # 256×192
+    *inputs, api_name = api_call(handle_file(first))
+    started = time.monotonic()
+    client.predict(*inputs, api_name=api_name)  # as long as the page's run of the first photo takes
+    first_run_s = time.monotonic() - started
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(space.url)
+            expect(page.locator("#compare")).to_be_visible(timeout=60_000)
+            shown, info = page.locator(result), page.locator(text)
+            working = shown.locator(".eta-bar, .progress-text, .loader").first
+            upload = page.locator("#input-image input[type=file]")
+
+            def start_first_run_then_upload_the_second_photo() -> float:
+                upload.set_input_files(first)
+                expect(page.locator("#input-image img")).to_be_visible(timeout=30_000)
+                page.locator(button).click()
+                clicked = time.monotonic()
+                expect(working).to_be_visible(timeout=30_000)
+                upload.set_input_files(second)  # while the first photo's run is working
+                return clicked
+
+            clicked = start_first_run_then_upload_the_second_photo()
+            page.wait_for_timeout(max(0.0, clicked + 2 * first_run_s + 2 - time.monotonic()) * 1000)
+            # The first run has ended by now: its results must not appear beside the second photo.
+            assert shown.locator("img").count() == 0 and "NFE" not in info.inner_text()
+
+            start_first_run_then_upload_the_second_photo()
+            page.locator(button).click()  # queued behind the first run, not swallowed by it
+            expect(info).to_contain_text("256×192", timeout=120_000)
+            expect(shown.locator("img")).to_have_count(image_count)
+        finally:
+            browser.close()
+    space.assert_alive()
+
+
 def test_build_demo_accepts_a_pipeline_in_process(tiny_pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = importlib.util.spec_from_file_location("teasr_space_app", APP)
     app = importlib.util.module_from_spec(spec)
@@ -324,7 +384,9 @@ def test_build_demo_accepts_a_pipeline_in_process(tiny_pipeline, monkeypatch: py
     ]
     assert upscale.api_visibility == "public" and endpoints["compare_steps"].api_visibility == "public"
     # Every model-calling event shares one bounded concurrency group; the queue is bounded too.
-    assert {endpoints[name].concurrency_id for name in ("upscale", "upscale_ui", "compare_steps")} == {"teasr"}
+    runs = ("upscale", "upscale_ui", "compare_steps", "compare_ui")
+    assert {endpoints[name].concurrency_id for name in runs} == {"teasr"}
+    assert endpoints["upscale_ui"].api_visibility == endpoints["compare_ui"].api_visibility == "undocumented"
     assert demo._queue.default_concurrency_limit == app.CONCURRENCY
     assert demo._queue.max_size == app.MAX_QUEUE
 
