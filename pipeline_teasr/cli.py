@@ -317,6 +317,16 @@ def check_writable_folder(folder: Path) -> None:
         raise CLIError(f"cannot write into {folder}: {error.strerror or error}") from None
 
 
+def check_output_path(path: Path, flag: str, is_folder: bool) -> None:
+    """Refuse an output path that cannot be written (a file where a folder must be, or the reverse) up front."""
+    if not is_folder and path.is_dir():
+        raise CLIError(f"{path} is a folder; {flag} takes a file name")
+    try:
+        check_writable_folder(path if is_folder else path.parent)
+    except CLIError as error:
+        raise CLIError(f"{flag}: {error}") from None
+
+
 def _pair_inputs_with_outputs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
     if len(inputs) == 1 and Path(inputs[0]).is_dir():
         folder = Path(inputs[0])
@@ -504,9 +514,11 @@ def run_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     steps = args.steps
     if steps is None:
         steps = list(DEFAULT_EVAL_STEPS) if has_lr and args.pred is None and not args.no_model else []
-    for name in (args.json, args.markdown):
-        if name is not None and Path(name).is_dir():
-            raise CLIError(f"{name} is a folder; --json / --markdown take a file name")
+    # Output paths are checked before the model runs, so that a typo does not cost the evaluation's results.
+    for flag, name, is_folder in (("--json", args.json, False), ("--markdown", args.markdown, False),
+                                  ("--save-images", args.save_images, True)):  # fmt: skip
+        if name is not None:
+            check_output_path(Path(name), flag, is_folder)
     try:  # a missing or empty folder is reported before seconds of loading the model
         for folder, what in ((args.gt, "GT"), (args.lr, "LR"), (args.pred, "prediction")):
             if folder is not None:

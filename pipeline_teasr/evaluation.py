@@ -193,7 +193,9 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``report`` as strict JSON (non-finite numbers become ``null``) through a temporary file."""
+    """Write ``report`` as strict JSON through a temporary file. Strict JSON has no infinity: an infinite number (the
+    PSNR of a prediction identical to its GT) is written as the string ``"inf"`` (``"-inf"``), which
+    :func:`load_report` reads back as a float; NaN (not computed) becomes ``null``."""
     with atomic_write(path, suffix=".tmp") as temporary, open(temporary, "w", encoding="utf-8") as stream:
         json.dump(_json_safe(report), stream, indent=2, allow_nan=False)
         stream.write("\n")
@@ -201,6 +203,8 @@ def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
 
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
@@ -294,10 +298,12 @@ def _fit_gt(gt: np.ndarray, size: tuple[int, int], name: str, scale: int, what: 
         return gt
     if 0 <= gt.shape[0] - h < scale and 0 <= gt.shape[1] - w < scale:
         return gt[:h, :w]
-    raise EvaluationError(
-        f"{name}: GT is {gt.shape[1]}x{gt.shape[0]} but the {what} is {w}x{h}"
-        + (f" (x{scale} of the LR)" if what == "LR" else "")
-    )
+    if what == "LR":  # `size` is the LR's size times the scale
+        raise EvaluationError(
+            f"{name}: GT is {gt.shape[1]}x{gt.shape[0]} but the LR is {w // scale}x{h // scale}, which is {w}x{h} at "
+            f"x{scale}"
+        )
+    raise EvaluationError(f"{name}: GT is {gt.shape[1]}x{gt.shape[0]} but the {what} is {w}x{h}")
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -724,4 +730,9 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
         raise EvaluationError(f"cannot read evaluation JSON {path}: {error}") from None
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
         raise EvaluationError(f"{path} is not a TEASR evaluation report (format {REPORT_FORMAT!r})")
+    for result in report.get("results", []):
+        for values in (result.get("mean", {}), *(image.get("metrics", {}) for image in result.get("images", []))):
+            for metric, value in values.items():
+                if value in ("inf", "-inf"):
+                    values[metric] = float(value)
     return report

@@ -52,6 +52,22 @@ CASES = {
         ["eval", "--gt", "{small}", "--pred", "{small}", "--scale", "4", "--learned"],
         "a: crop_border=4 leaves nothing",
     ),
+    "save-images onto a file": (
+        [*"eval --gt {hr} --lr {lr} --no-model --baseline bicubic --save-images".split(), "{tmp}/report.json"],
+        "--save-images: cannot write into",
+    ),
+    "json under a file": (
+        [*"eval --gt {hr} --lr {lr} --no-model --baseline bicubic --json".split(), "{tmp}/report.json/r.json"],
+        "--json: cannot write into",
+    ),
+    "markdown onto a folder": (
+        ["eval", "--gt", "{hr}", "--lr", "{lr}", "--no-model", "--baseline", "bicubic", "--markdown", "{tmp}"],
+        "is a folder; --markdown takes a file name",
+    ),
+    "LR of the wrong size": (
+        ["eval", "--gt", "{hr}", "--lr", "{lr}", "--scale", "2", "--no-model", "--baseline", "bicubic"],
+        "a: GT is 32x32 but the LR is 8x8, which is 16x16 at x2",
+    ),
     "export existing target": (["export", "{hr}", "--model", "{tmp}"], "already exists"),
     "export fuse without lora": (["export", "{tmp}/out", "--model", "{tmp}", "--fuse"], "--fuse needs --lora"),
     "export missing lora": (["export", "{tmp}/out", "--model", "{tmp}", "--lora", "{tmp}/nope"], "LoRA not found"),

@@ -16,6 +16,7 @@ from pipeline_teasr.evaluation import (
     collect_images,
     evaluate,
     image_seed,
+    load_report,
     match_by_stem,
     render_markdown,
     synthesize_lr,
@@ -229,3 +230,19 @@ def test_grid_metric_without_a_model_needs_a_period_and_skips_small_images(tmp_p
     argv = ["eval", "--gt", str(gt_dir), "--degradation", "bicubic", "--baseline", "bicubic", "--grid-period", "1"]
     assert main([*argv, "--quiet"]) != 0
     assert "--grid-period must be 0 (off) or at least 2 pixels" in capsys.readouterr().err
+
+
+def test_a_perfect_prediction_is_infinite_psnr_in_the_json_and_the_card_not_a_missing_value(tmp_path, capsys):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    random_photo(32, 32, seed=1).save(gt / "a.png")
+    report_path = tmp_path / "perfect.json"
+    argv = ["eval", "--gt", str(gt), "--pred", str(gt), "--scale", "4", "--quiet", "--json", str(report_path)]
+    assert main(argv) == 0
+    assert "| ∞ |" in capsys.readouterr().out
+    written = json.loads(report_path.read_text())  # strict JSON: no bare Infinity
+    assert written["results"][0]["mean"]["psnr"] == "inf"
+    assert written["results"][0]["images"][0]["metrics"]["psnr"] == "inf"
+    loaded = load_report(report_path)
+    assert loaded["results"][0]["mean"]["psnr"] == math.inf
+    assert "| ∞ |" in render_markdown(loaded)
