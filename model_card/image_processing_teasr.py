@@ -135,9 +135,10 @@ def resized_exif(exif: bytes | None, size: tuple[int, int]) -> bytes | None:
         return None
 
 
-# Palette and 1-bit inputs come back in full tone: the upscale has in-between values that re-quantising to 256
-# colours or dithering to black and white would throw away (and the alpha, where there is one, comes back as RGBA).
-_FULL_TONE_MODES = {"P": "RGB", "PA": "RGB", "1": "L"}
+# The modes an upscale comes back in. Palette and 1-bit inputs come back in full tone: the upscale has in-between
+# values that re-quantising to 256 colours or dithering to black and white would throw away. Other colour spaces
+# (YCbCr, HSV, LAB) come back as RGB. An alpha channel, where there is one, makes RGB into RGBA.
+_KEPT_MODES = ("RGB", "RGBA", "L", "LA", "CMYK")
 
 
 def _pil_to_arrays(image: PIL.Image.Image) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -169,7 +170,7 @@ def _pil_to_arrays(image: PIL.Image.Image) -> tuple[np.ndarray, np.ndarray | Non
         image = image.convert("RGB")
     array = np.asarray(image, dtype=np.float64) / 255.0
     alpha = array[..., 3] if array.shape[-1] == 4 else None
-    return array[..., :3], alpha, _FULL_TONE_MODES.get(mode, mode)
+    return array[..., :3], alpha, mode if mode in _KEPT_MODES else "L" if mode == "1" else "RGB"
 
 
 def _array_to_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -200,7 +201,8 @@ def _array_to_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
         if tensor.ndim != 4 or tensor.shape[0] != 1:
             raise ValueError(f"`image` tensors must be CxHxW or 1xCxHxW, got shape {tuple(image.shape)}")
     if tensor.shape[1] not in (1, 3, 4):
-        raise ValueError(f"`image` must have 1, 3 or 4 channels, got {tensor.shape[1]}")
+        layout = "arrays are HxWxC" if isinstance(image, np.ndarray) else "tensors are CxHxW"
+        raise ValueError(f"`image` must have 1, 3 or 4 channels ({layout}), got {tensor.shape[1]}")
     if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
         raise ValueError("`image` has zero size")
     return check_float_range(tensor)

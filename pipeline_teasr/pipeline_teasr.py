@@ -101,9 +101,10 @@ class TEASRPipelineOutput(BaseOutput):
     """
     Args:
         images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
-            Upscaled images. PIL images keep the input's mode (alpha re-attached), except palette and 1-bit inputs,
-            which come back as RGB(A) and grey. Arrays are float in [0, 1], stacked when every output has the same
-            size, otherwise a list with one HxWxC array (CxHxW tensor) per image.
+            Upscaled images. PIL images keep an RGB(A), L(A), 16-bit grey, float or CMYK input's mode (alpha
+            re-attached); other modes (palette, YCbCr, HSV, LAB) come back as RGB(A), 1-bit as grey. Arrays are
+            float in [0, 1], RGB plus the input's alpha as a 4th channel if it had one, stacked when every output
+            has the same shape, otherwise a list with one HxWxC array (CxHxW tensor) per image.
         nfe (`int`): Number of transformer calls made (the network function evaluations).
     """
 
@@ -351,7 +352,7 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         elif prompt is not None and not isinstance(prompt, str):
             raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
         if max_output_pixels is not None and (not isinstance(max_output_pixels, int) or max_output_pixels < 1):
-            raise ValueError(f"`max_output_pixels` must be positive, got {max_output_pixels}.")
+            raise ValueError(f"`max_output_pixels` must be a positive integer, got {max_output_pixels!r}.")
         for name in callback_on_step_end_tensor_inputs or []:
             if name not in self._callback_tensor_inputs:
                 raise ValueError(
@@ -441,8 +442,9 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
                 Low-quality input(s) of any size. Arrays: HxW(xC) uint8/uint16/float in [0, 1]; tensors: (1,)CxHxW
-                uint8 or float in [0, 1]. PIL inputs keep their mode (RGBA alpha is upscaled separately, 16-bit stays
-                16-bit) and are turned upright by their EXIF orientation; mode "I" (no fixed range) is refused.
+                uint8 or float in [0, 1]. PIL inputs keep their mode as `TEASRPipelineOutput` says (RGBA alpha is
+                upscaled separately, 16-bit stays 16-bit) and are turned upright by their EXIF orientation; mode "I"
+                (no fixed range) is refused.
             upscale (`float`, defaults to 4.0): output size = round(input size x upscale); any positive value.
             num_inference_steps (`int`, defaults to 1): number of flow-map steps (= transformer calls per tile).
             start_timestep (`float`, *optional*): start level `T` in (0, 1]; 1 starts from noise, lower values
@@ -671,11 +673,11 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
             return latents, nfe
         pixels = self.decode_latents(latents)[:, :, :out_h, :out_w].float().cpu()
         pixels = color_fix(pixels, color_reference, color_fix_method)
-        if output_type == "pt":
-            return pixels, nfe
-        if output_type == "np":
-            return pixels.permute(0, 2, 3, 1).numpy(), nfe
         alpha = None if item.alpha is None else resize(item.alpha, size)
+        if output_type in ("pt", "np"):
+            if alpha is not None:  # the input's alpha, upscaled, as a 4th channel
+                pixels = torch.cat([pixels, alpha], dim=1)
+            return (pixels if output_type == "pt" else pixels.permute(0, 2, 3, 1).numpy()), nfe
         return recompose_image(pixels, alpha, item.mode, item.icc_profile), nfe
 
     def _plan_tiles(self, latent_size, tile_size: int | None, tile_overlap: int | None):
@@ -695,6 +697,12 @@ class TEASRPipeline(DiffusionPipeline, QwenImageLoraLoaderMixin):
         width = self.transformer.config.joint_attention_dim
         if prompt_embeds.ndim != 3 or prompt_embeds.shape[0] != 1 or prompt_embeds.shape[-1] != width:
             raise ValueError(f"`prompt_embeds` must be (1, length, {width}), got {tuple(prompt_embeds.shape)}.")
+        length = prompt_embeds.shape[1]
+        if prompt_embeds_mask is not None and prompt_embeds_mask.numel() != length:
+            raise ValueError(
+                f"`prompt_embeds_mask` must be (1, {length}), one entry per `prompt_embeds` token, got "
+                f"{tuple(prompt_embeds_mask.shape)}."
+            )
         mask = None if prompt_embeds_mask is None else prompt_embeds_mask.reshape(1, -1).to(device)
         return prompt_embeds.to(device, dtype), mask
 

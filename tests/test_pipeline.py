@@ -173,6 +173,27 @@ def test_modes_are_kept(tiny_pipeline, mode):
     assert out.size == (44, 36)
 
 
+@pytest.mark.parametrize("mode", ["YCbCr", "HSV"])
+def test_other_colour_spaces_come_back_as_rgb(tiny_pipeline, mode):
+    photo = random_photo(9, 11)
+    out = _run(tiny_pipeline, photo.convert(mode)).images[0]
+    assert out.mode == "RGB"
+    reference = _run(tiny_pipeline, photo.convert(mode).convert("RGB")).images[0]
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(reference))
+
+
+@pytest.mark.parametrize("output_type", ["np", "pt"])
+def test_array_outputs_carry_the_inputs_alpha_as_a_fourth_channel(tiny_pipeline, output_type):
+    rgba = random_photo(10, 10, mode="RGBA")
+    pil = _run(tiny_pipeline, rgba).images[0]
+    out = _run(tiny_pipeline, rgba, output_type=output_type).images[0]
+    channels_last = out if output_type == "np" else out.permute(1, 2, 0).numpy()
+    assert channels_last.shape == (40, 40, 4)
+    np.testing.assert_allclose(channels_last[..., 3] * 255, np.asarray(pil)[..., 3], atol=0.51)
+    rgb = _run(tiny_pipeline, rgba.convert("RGB"), output_type=output_type).images[0]
+    assert rgb.shape == ((40, 40, 3) if output_type == "np" else (3, 40, 40))
+
+
 def test_palette_and_bilevel_inputs_come_back_in_full_tone(tiny_pipeline):
     # Re-quantising the upscale to the palette's colours (or dithering it to black and white) would throw away the
     # in-between tones the upscale made; a transparent palette image keeps its transparency as RGBA.
@@ -250,6 +271,7 @@ def test_callback_sees_each_step(tiny_pipeline):
         (dict(start_timestep=0.0), "start_timestep"),
         (dict(start_timestep=1.5), "start_timestep"),
         (dict(upscale=64.0, max_output_pixels=10_000), "max_output_pixels"),
+        (dict(max_output_pixels=1e6), r"`max_output_pixels` must be a positive integer, got 1000000.0"),
         (dict(latents=torch.randn(1, 3, 5, 5)), "latents"),
         (dict(output_type="jpeg"), "output_type"),
         (dict(color_fix="magic"), "color_fix"),
@@ -276,6 +298,11 @@ def test_zero_size_and_wrong_types_rejected(tiny_pipeline):
         tiny_pipeline("not an image")
     with pytest.raises(ValueError, match="NaN"):
         tiny_pipeline(np.full((4, 4, 3), np.nan, dtype=np.float32))
+    # A tensor in an array's layout (HxWxC) or the reverse: the error names the layout expected.
+    with pytest.raises(ValueError, match=r"1, 3 or 4 channels \(tensors are CxHxW\), got 6"):
+        tiny_pipeline(torch.zeros(6, 8, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"1, 3 or 4 channels \(arrays are HxWxC\), got 8"):
+        tiny_pipeline(np.zeros((3, 6, 8), dtype=np.uint8))
 
 
 def test_float_images_outside_0_1_are_refused_and_a_slight_overshoot_is_clipped(tiny_pipeline):

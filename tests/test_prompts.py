@@ -100,6 +100,11 @@ def test_prompt_errors_are_one_line(text_pipeline, tiny_pipeline):
         text_pipeline([image, image], prompt=["a cat"])
     with pytest.raises(ValueError, match="either `prompt` or `prompt_embeds`"):
         text_pipeline(image, prompt="a cat", prompt_embeds=torch.zeros(1, 2, TINY_PIXEL_CONFIG["joint_attention_dim"]))
+    embeds = torch.zeros(1, 5, TINY_PIXEL_CONFIG["joint_attention_dim"])
+    with pytest.raises(
+        ValueError, match=r"`prompt_embeds_mask` must be \(1, 5\), one entry per `prompt_embeds` token"
+    ):
+        text_pipeline(image, prompt_embeds=embeds, prompt_embeds_mask=torch.ones(1, 3))
 
 
 def _with_template(text_pipeline: TEASRPipeline, template: str | None, drop: int) -> TEASRPipeline:
