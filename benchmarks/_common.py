@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -21,6 +23,54 @@ from torch.utils._pytree import tree_map_only
 
 GIB = 1024**3
 MIB = 1024**2
+
+
+# argparse `type=` functions: a bad value is argparse's one-line error, not a traceback halfway through a benchmark.
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def positive_int_list(text: str) -> list[int]:
+    """Comma-separated positive integers, e.g. "1,2,4,8"."""
+    return [positive_int(part) for part in text.split(",")]
+
+
+def nonnegative_int_list(text: str) -> list[int]:
+    """Comma-separated integers >= 0, e.g. block indices "0,3"."""
+    return [nonnegative_int(part) for part in text.split(",")]
+
+
+def device_name(text: str) -> str:
+    """A torch device this machine has ("cpu", "cuda", "cuda:1", ...)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA device")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no MPS device")
+    return text
 
 
 def cpu_model() -> str:

@@ -34,8 +34,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     MIB,
     PeakRSSSampler,
+    device_name,
     emit,
     machine_info,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    positive_int_list,
     random_photo,
     ru_maxrss_bytes,
     summarize,
@@ -64,29 +69,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model", default=None, help="pipeline folder or Hub id (default: embedded model, else random)"
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--tiny", action="store_true", help="tiny random config and sizes (CI, a few seconds)")
     parser.add_argument(
         "--num-layers",
-        type=int,
+        type=positive_int,
         default=None,
         help="override the depth of the random config (Python overhead grows "
         "with the module count: 60 = Qwen-Image depth)",
     )
-    parser.add_argument("--steps", default="1,2,4,8", help="step counts for the latency / scaling part")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per step count (default 5, tiny 2)")
-    parser.add_argument("--latency-size", type=int, default=None, help="output side in pixels of the latency image")
-    parser.add_argument("--scale", type=float, default=4.0, help="upscale factor (input side = output side / scale)")
-    parser.add_argument("--sizes", default=None, help="output sides for the tiled sweep (default 128,256,512,1024)")
-    parser.add_argument("--tile", type=int, default=None, help="tile size in output pixels (default: the model's)")
     parser.add_argument(
-        "--tile-overlap", type=int, default=None, help="tile overlap in output pixels (default: the model's)"
+        "--steps", type=positive_int_list, default="1,2,4,8", help="step counts for the latency / scaling part"
     )
-    parser.add_argument("--tile-batch-size", type=int, default=4)
+    parser.add_argument(
+        "--repeats", type=positive_int, default=None, help="timed repeats per step count (default 5, tiny 2)"
+    )
+    parser.add_argument(
+        "--latency-size", type=positive_int, default=None, help="output side in pixels of the latency image"
+    )
+    parser.add_argument(
+        "--scale", type=positive_float, default=4.0, help="upscale factor (input side = output side / scale)"
+    )
+    parser.add_argument(
+        "--sizes",
+        type=positive_int_list,
+        default=None,
+        help="output sides for the tiled sweep (default 128,256,512,1024)",
+    )
+    parser.add_argument(
+        "--tile", type=nonnegative_int, default=None, help="tile size in output pixels (default: the model's)"
+    )
+    parser.add_argument(
+        "--tile-overlap",
+        type=nonnegative_int,
+        default=None,
+        help="tile overlap in output pixels (default: the model's)",
+    )
+    parser.add_argument("--tile-batch-size", type=positive_int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice; --tiny: 1)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice; --tiny: 1)",
     )
     parser.add_argument("--profile", action="store_true", help="cProfile one 1-step pipeline call, top 25 to stderr")
     parser.add_argument(
@@ -98,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-tiled", action="store_true", help="only the latency / scaling part")
     parser.add_argument("--child-size", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.tiny and args.model is not None:
+        parser.error("--tiny benchmarks a random tiny model; leave out --model, or --tiny")
     if args.threads is None and args.tiny:
         args.threads = 1
     if args.rss_mode is None:
@@ -107,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.latency_size is None:
         args.latency_size = 64 if args.tiny else 128
     if args.sizes is None:
-        args.sizes = "64,128" if args.tiny else "128,256,512,1024"
+        args.sizes = [64, 128] if args.tiny else [128, 256, 512, 1024]
     return args
 
 
@@ -197,7 +225,7 @@ def upscale_once(pipe, image, args: argparse.Namespace, steps: int = 1):
 
 
 def latency_part(pipe, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    steps = [int(s) for s in args.steps.split(",")]
+    steps = args.steps
     lq_side = max(1, round(args.latency_size / args.scale))
     image = random_photo(lq_side, lq_side, seed=args.seed)
 
@@ -303,7 +331,7 @@ def tiled_run(pipe, args: argparse.Namespace, device: torch.device, size: int) -
 
 def tiled_part(pipe, args: argparse.Namespace, argv: list[str], device: torch.device) -> dict[str, Any]:
     rows = []
-    for size in [int(s) for s in args.sizes.split(",")]:
+    for size in args.sizes:
         if args.rss_mode == "thread":
             rows.append(tiled_run(pipe, args, device, size))
             continue
@@ -327,7 +355,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe, model_info = build_pipeline(args)
+    from pipeline_teasr.cli import CLIError
+
+    try:
+        pipe, model_info = build_pipeline(args)
+    except (CLIError, ValueError, OSError) as error:  # a bad --model or --dtype for the device
+        print(f"latency.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
     device = pipe.transformer.device
     if args.child_size is not None:
         emit(tiled_run(pipe, args, device, args.child_size))

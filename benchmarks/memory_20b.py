@@ -34,7 +34,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import GIB, LiveTensorBytes, PeakRSSSampler, emit, machine_info  # noqa: E402
+from _common import (  # noqa: E402
+    GIB,
+    LiveTensorBytes,
+    PeakRSSSampler,
+    device_name,
+    emit,
+    machine_info,
+    nonnegative_int_list,
+    positive_int,
+    positive_int_list,
+)
 
 # Qwen-Image's transformer (diffusers `QwenImageTransformer2DModel` defaults): 60 blocks, 24 heads x 128.
 QWEN_IMAGE_CONFIG: dict[str, Any] = dict(
@@ -70,21 +80,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny config at 128 px (CI, seconds)")
     parser.add_argument(
-        "--device", default=None, help="also run real steps on this device (cpu, cuda); default: analytic + traced"
+        "--device",
+        type=device_name,
+        default=None,
+        help="also run real steps on this device (cpu, cuda); default: analytic + traced",
     )
-    parser.add_argument("--resolution", type=int, default=None, help="output side in pixels (default 1024, tiny 128)")
-    parser.add_argument("--vae-factor", type=int, default=8, help="pixels per latent (Qwen-Image VAE: 8)")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--text-tokens", type=int, default=1, help="text tokens per sample (1: learned null prompt)")
-    parser.add_argument("--rank", type=int, default=64, help="LoRA rank")
-    parser.add_argument("--lora-layers", default="attn", choices=sorted(LORA_TARGETS), help="LoRA target modules")
-    parser.add_argument("--critic-blocks", default=None, help="block indices read by the critic heads (default 3)")
     parser.add_argument(
-        "--real-steps", type=int, default=2, help="measured steps with --device (after priming the AdamW states)"
+        "--resolution", type=positive_int, default=None, help="output side in pixels (default 1024, tiny 128)"
+    )
+    parser.add_argument("--vae-factor", type=positive_int, default=8, help="pixels per latent (Qwen-Image VAE: 8)")
+    parser.add_argument("--batch-size", type=positive_int, default=1)
+    parser.add_argument(
+        "--text-tokens", type=positive_int, default=1, help="text tokens per sample (1: learned null prompt)"
+    )
+    parser.add_argument("--rank", type=positive_int, default=64, help="LoRA rank")
+    parser.add_argument("--lora-layers", default="attn", choices=sorted(LORA_TARGETS), help="LoRA target modules")
+    parser.add_argument(
+        "--critic-blocks",
+        type=nonnegative_int_list,
+        default=None,
+        help="block indices read by the critic heads (default 3)",
+    )
+    parser.add_argument(
+        "--real-steps",
+        type=positive_int,
+        default=2,
+        help="measured steps with --device (after priming the AdamW states)",
     )
     parser.add_argument("--no-trace", action="store_true", help="skip the fake-tensor traces")
     parser.add_argument(
         "--trace-depths",
+        type=positive_int_list,
         default=None,
         help="trace at these two depths and extrapolate linearly to the full depth (default 3,5; one depth >= "
         "num_layers: a direct trace)",
@@ -95,14 +121,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.resolution is None:
         args.resolution = 128 if args.tiny else 1024
     if args.trace_depths is None:
-        args.trace_depths = "2" if args.tiny else "3,5"
+        args.trace_depths = [2] if args.tiny else [3, 5]
     config = TINY_CONFIG if args.tiny else QWEN_IMAGE_CONFIG
     args.layers = config["num_layers"]
     if args.critic_blocks is None:
         args.critic_block_list = default_critic_blocks(args.layers)
     else:
-        args.critic_block_list = tuple(int(i) for i in args.critic_blocks.split(","))
-    args.trace_depth_list = [int(d) for d in args.trace_depths.split(",")]
+        args.critic_block_list = tuple(args.critic_blocks)
+        if max(args.critic_block_list) >= args.layers:
+            parser.error(f"--critic-blocks: this config has blocks 0..{args.layers - 1}")
+    args.trace_depth_list = args.trace_depths
     if args.resolution % (args.vae_factor * config["patch_size"]):
         parser.error(f"--resolution must be a multiple of {args.vae_factor * config['patch_size']}")
     return args

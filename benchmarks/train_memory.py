@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import LiveTensorBytes, machine_info  # noqa: E402
+from _common import LiveTensorBytes, device_name, machine_info  # noqa: E402
 
 # pipeline_teasr (diffusers, peft) is imported by the measuring subprocesses only: the parent stays light.
 
@@ -83,7 +83,7 @@ BASELINE_PASSES = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", type=device_name, default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--dtype",
         default="auto",

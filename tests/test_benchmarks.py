@@ -100,3 +100,25 @@ def test_memory_20b_json(outputs):
         assert {"peak_gib", "peak_bytes", "peak_at"} <= result["traced"][method].keys()
     assert {"step_s", "live_tensor_peak_bytes", "measured_over_traced"} <= result["measured"]["teasr"].keys()
     assert all(isinstance(a, str) for a in result["assumptions"])
+
+
+BAD_FLAGS = {
+    "latency scale 0": (("latency.py", "--tiny", "--scale", "0"), "argument --scale: must be a positive number"),
+    "latency no repeats": (("latency.py", "--tiny", "--repeats", "0"), "argument --repeats: must be at least 1"),
+    "latency sizes": (("latency.py", "--tiny", "--sizes", "abc"), "argument --sizes: 'abc' is not an integer"),
+    "latency device": (("latency.py", "--tiny", "--device", "nope"), "'nope' is not a torch device"),
+    "latency missing model": (("latency.py", "--model", "/nonexistent", "--skip-tiled"), "model folder not found"),
+    "20b trace depths": (("memory_20b.py", "--tiny", "--trace-depths", "abc"), "argument --trace-depths"),
+    "20b critic blocks": (("memory_20b.py", "--tiny", "--critic-blocks", "9"), "this config has blocks 0..1"),
+    "train memory device": (("train_memory.py", "--tiny", "--device", "nope"), "'nope' is not a torch device"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FLAGS))
+def test_a_bad_benchmark_flag_is_one_error_line_and_exit_2(case):
+    (script, *args), message = BAD_FLAGS[case]
+    process = _start(script, *args)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2, stderr[-3000:]
+    assert "Traceback" not in stderr and not stdout.strip()
+    assert message in stderr.strip().splitlines()[-1], stderr[-3000:]
