@@ -26,18 +26,22 @@ MIB = 1024**2
 
 
 # argparse `type=` functions: a bad value is argparse's one-line error, not a traceback halfway through a benchmark.
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
     return value
 
 
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
 def nonnegative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
+    return _int_at_least(text, 0)
 
 
 def positive_float(text: str) -> float:

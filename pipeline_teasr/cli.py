@@ -318,13 +318,20 @@ def check_writable_folder(folder: Path) -> None:
 
 
 def check_output_path(path: Path, flag: str, is_folder: bool) -> None:
-    """Refuse an output path that cannot be written (a file where a folder must be, or the reverse) up front."""
-    if not is_folder and path.is_dir():
-        raise CLIError(f"{path} is a folder; {flag} takes a file name")
-    try:
-        check_writable_folder(path if is_folder else path.parent)
-    except CLIError as error:
-        raise CLIError(f"{flag}: {error}") from None
+    """Refuse an output path that cannot be written (a file where a folder must be, or the reverse) up front,
+    without creating anything: a command refused later leaves no empty folders behind."""
+    if path.exists():
+        if path.is_dir() != is_folder:
+            wanted = "a folder" if is_folder else "a file name"
+            raise CLIError(f"{flag}: {path} is {'a folder' if path.is_dir() else 'a file'}; {flag} takes {wanted}")
+        if not os.access(path, os.W_OK):  # an existing file, stream or folder
+            raise CLIError(f"{flag}: {path} is not writable")
+        return
+    existing = next(parent for parent in path.parents if parent.exists())
+    if not existing.is_dir():
+        raise CLIError(f"{flag}: cannot write {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag}: cannot write {path}: {existing} is not writable")
 
 
 def _pair_inputs_with_outputs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:

@@ -9,6 +9,7 @@ model-index) is built with `huggingface_hub.ModelCardData`, and :func:`validate_
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -70,7 +71,7 @@ def eval_results_from_reports(reports: Sequence[dict[str, Any]]) -> list[EvalRes
             steps = result["steps"]
             for metric in MODEL_INDEX_METRICS:
                 value = result["mean"].get(metric)
-                if value is None:
+                if value is None or not math.isfinite(value):  # the Hub's model-index wants numbers JSON can hold
                     continue
                 results.append(
                     EvalResult(

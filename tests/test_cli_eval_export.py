@@ -54,11 +54,11 @@ CASES = {
     ),
     "save-images onto a file": (
         [*"eval --gt {hr} --lr {lr} --no-model --baseline bicubic --save-images".split(), "{tmp}/report.json"],
-        "--save-images: cannot write into",
+        "is a file; --save-images takes a folder",
     ),
     "json under a file": (
         [*"eval --gt {hr} --lr {lr} --no-model --baseline bicubic --json".split(), "{tmp}/report.json/r.json"],
-        "--json: cannot write into",
+        "report.json is a file, not a folder",
     ),
     "markdown onto a folder": (
         ["eval", "--gt", "{hr}", "--lr", "{lr}", "--no-model", "--baseline", "bicubic", "--markdown", "{tmp}"],
@@ -102,3 +102,13 @@ def test_eval_help_lists_the_modes(capsys):
     text = capsys.readouterr().out
     for option in ("--lr", "--gt", "--pred", "--degradation", "--steps", "--baseline", "--json", "--markdown"):
         assert option in text
+
+
+def test_eval_output_checks_create_nothing_and_accept_writable_special_files(folders, capsys):
+    tmp = Path(folders["tmp"])
+    argv = ["eval", "--gt", f"{tmp}/missing", "--pred", folders["hr"], "--scale", "4"]
+    code = main([*argv, "--save-images", f"{tmp}/out/images", "--json", f"{tmp}/out2/r.json"])
+    assert code == EXIT_BAD_INPUT and "GT folder not found" in capsys.readouterr().err
+    assert not (tmp / "out").exists() and not (tmp / "out2").exists()  # a refused command leaves no folders
+    argv = ["eval", "--gt", folders["hr"], "--pred", folders["hr"], "--scale", "4", "--quiet"]
+    assert main([*argv, "--markdown", "/dev/null"]) == 0  # a stream or device, not a file in a folder

@@ -10,13 +10,14 @@ in the outputs is read from the JSONs; nothing is typed in by hand.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from pipeline_teasr.evaluation import load_report  # noqa: E402
 
 # Evaluation files expected in --runs, by protocol: {model label: file stem}.
 PROTOCOLS = {
@@ -36,8 +37,7 @@ METRICS = ("psnr", "ssim", "gmsd", "hf_ratio")
 
 
 def load(path: Path) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return load_report(path)
 
 
 def rows_of(report: dict) -> list[dict]:
