@@ -560,8 +560,8 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
             upscale_api, [image, steps, scale, start, seed, start_from], api_result, api_name="upscale", **common
         )
         # (image, scale, start_timestep, seed, tile_size, start) -> the 1 / 2 / 4 / 8-step images and a timing table.
-        api_gallery = gr.Gallery(visible=False, format="png")
-        api_table = gr.Markdown(visible=False)
+        api_gallery = gr.Gallery(label="1 / 2 / 4 / 8 steps", visible=False, format="png")
+        api_table = gr.Markdown(label="Timing table", visible=False)
         api_compare_trigger = gr.Button(visible=False)
         api_compare_trigger.click(
             compare_steps,
