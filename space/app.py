@@ -392,20 +392,16 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
         text = describe(sample, upload.image, settings, pipe)
         return Finished(upload_path(image), ((before, after), download, text))
 
-    def show_upscale(finished: Finished | None, image: Any) -> tuple[Any, ...]:
-        if finished is None or finished.source != upload_path(image):
-            return (gr.skip(),) * 4  # a new input arrived during the run: its result would sit beside the wrong photo
-        pair, (label, path), text = finished.outputs
+    def show_upscale(pair: tuple[str, str], download: tuple[str, str], text: str) -> tuple[Any, ...]:
+        label, path = download
         return pair, gr.DownloadButton(label, path, visible=True), text, gr.Tabs(selected="result")
 
     def compare_ui(image: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any, start: Any) -> Finished:
         gallery, table, _ = compare_steps(image, scale, start_timestep, seed, tile_size, start)
         return Finished(upload_path(image), (gallery, table))
 
-    def show_compare(finished: Finished | None, image: Any) -> tuple[Any, ...]:
-        if finished is None or finished.source != upload_path(image):
-            return (gr.skip(),) * 3
-        return *finished.outputs, gr.Tabs(selected="compare")
+    def show_compare(gallery: list[tuple[str, str]], table: str) -> tuple[Any, ...]:
+        return gallery, table, gr.Tabs(selected="compare")
 
     def compare_steps(
         image: Any, scale: Any, start_timestep: Any, seed: Any, tile_size: Any, start: Any
@@ -504,48 +500,43 @@ def build_demo(pipe: TEASRPipeline | None = None) -> gr.Blocks:
         )
 
         common = dict(preprocess=False, concurrency_id="teasr")
-        # A browser run's result waits in a State and is shown only if the page still has the photo it was made
-        # from (`show_*` runs outside the queue, reading the input as it is when the run ends).
-        finished_upscale, finished_compare = gr.State(), gr.State()
-        # The run's tab comes to the front at the click, so that its progress shows where its result will appear.
-        run.click(lambda: gr.Tabs(selected="result"), None, tabs, queue=False, api_visibility="private").then(
-            upscale_ui,
-            [image, steps, scale, start, seed, tile, start_from],
-            finished_upscale,
-            show_progress_on=[slider],
-            trigger_mode="always_last",
-            api_name="upscale_ui",
-            api_visibility="undocumented",
-            **common,
-        ).success(
-            show_upscale,
-            [finished_upscale, image],
-            [slider, download, info, tabs],
-            preprocess=False,
-            queue=False,
-            api_visibility="private",
-        )
-        compare.click(lambda: gr.Tabs(selected="compare"), None, tabs, queue=False, api_visibility="private").then(
-            compare_ui,
-            [image, scale, start, seed, tile, start_from],
-            finished_compare,
-            show_progress_on=[gallery],
-            trigger_mode="always_last",
-            api_name="compare_ui",
-            api_visibility="undocumented",
-            **common,
-        ).success(
-            show_compare,
-            [finished_compare, image],
-            [gallery, compare_info, tabs],
-            preprocess=False,
-            queue=False,
-            api_visibility="private",
-        )
+
+        def browser_run(button, tab: str, run_fn, inputs: list, shown_on, api_name: str, show, outputs: list) -> None:
+            """`button` brings `tab` to the front (so the run's progress shows where its result will appear), then
+            `run_fn` works in the queue and its `Finished` waits in a State; `show` puts it on the page only if the
+            page still has the photo it was made from (read as it is when the run ends, outside the queue)."""
+            finished = gr.State()
+
+            def show_if_current(result: Finished | None, image_now: Any) -> tuple[Any, ...]:
+                if result is None or result.source != upload_path(image_now):
+                    return (gr.skip(),) * len(outputs)  # a new photo arrived during the run: not beside it
+                return show(*result.outputs)
+
+            button.click(lambda: gr.Tabs(selected=tab), None, tabs, queue=False, api_visibility="private").then(
+                run_fn,
+                inputs,
+                finished,
+                show_progress_on=[shown_on],
+                trigger_mode="always_last",  # a click during a run is run after it, not dropped
+                api_name=api_name,
+                api_visibility="undocumented",
+                **common,
+            ).success(
+                show_if_current, [finished, image], outputs, preprocess=False, queue=False, api_visibility="private"
+            )
+
+        browser_run(
+            run, "result", upscale_ui, [image, steps, scale, start, seed, tile, start_from], slider, "upscale_ui",
+            show_upscale, [slider, download, info, tabs],
+        )  # fmt: skip
+        browser_run(
+            compare, "compare", compare_ui, [image, scale, start, seed, tile, start_from], gallery, "compare_ui",
+            show_compare, [gallery, compare_info, tabs],
+        )  # fmt: skip
         # A new input makes the shown result stale: clear it and hide its download, never pair it with the new photo.
-        # Outside the queue, so that a busy Space does not refuse it. A run still working goes on, and `show_*` drops
-        # its result. (Not `cancels=` for the runs: with it, a compare started right after an upload never finished
-        # in a browser check.)
+        # Outside the queue, so that a busy Space does not refuse it. A run still working goes on, and `browser_run`
+        # drops its result. (Not `cancels=` for the runs: with it, a compare started right after an upload never
+        # finished in a browser check.)
         image.change(
             lambda: (None, gr.DownloadButton(visible=False), "", None, ""),
             None,
